@@ -1,0 +1,5 @@
+import sys
+
+from deftmed.cli import main
+
+sys.exit(main())
