@@ -1,0 +1,42 @@
+# deftmed: the two commands a user needs are `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.deftmed-installed
+WEIGHTS := deftmed/weights
+RUNS   ?= runs
+
+.PHONY: setup demo test bench weights weights-prior weights-deft clean
+
+setup: $(STAMP)
+
+# Create the venv when missing; install torch==2.13.0 (a CPU build on this machine's disk) only
+# when no torch is importable, so an existing (e.g. CUDA) torch is kept; then deftmed itself.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/deftmed demo --out demo_output
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m deftmed.evaluation.benchmarks --out BENCHMARKS.md
+
+# Training the shipped weights (background jobs of an hour or more on 2 CPU cores).
+PRIOR_CMD = $(VENV)/bin/deftmed train-prior --data ellipses --image-size 64 \
+	--channels 32,48,64,96 --attention-levels 0,0,0,1 --steps 5000 --batch-size 16 --lr 3e-4 \
+	--warmup 200 --ema 0.999 --seed 0 --checkpoint-every 250 --sample-every 1000 \
+	--out $(RUNS)/prior-ellipses64
+
+weights-prior: setup
+	$(PRIOR_CMD) --resume
+	cp $(RUNS)/prior-ellipses64/prior.safetensors $(WEIGHTS)/prior-ellipses64.safetensors
+
+weights: weights-prior weights-deft
+
+clean:
+	rm -rf demo_output results .pytest_cache

@@ -1,0 +1,117 @@
+"""``deftmed train-prior``, ``sample-prior`` and ``import-prior``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-prior", help="train an unconditional diffusion prior")
+    p.add_argument("--data", default="ellipses",
+                   help="'ellipses', 'anatomy', or a .npy/.npz/.h5 file or folder of images in [0,1]")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--channels", type=_int_tuple, default=(32, 48, 64, 96))
+    p.add_argument("--attention-levels", type=_int_tuple, default=(0, 0, 0, 1),
+                   help="1 where a level has self-attention, e.g. 0,0,0,1")
+    p.add_argument("--num-res-blocks", type=int, default=1)
+    p.add_argument("--norm-groups", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=2000, help="sample grid PNG period (0: never)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("sample-prior", help="draw unconditional samples from a prior into a PNG grid")
+    p.add_argument("--prior", default="prior-ellipses64", help="checkpoint path or shipped name")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--spacing", default="trailing", choices=["leading", "linspace", "trailing"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="prior_samples.png")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_sample)
+
+    p = sub.add_parser("import-prior",
+                       help="convert a MONAI DiffusionModelUNet state dict trained elsewhere")
+    p.add_argument("weights", help=".safetensors or .pt/.pth state dict (loaded with weights_only)")
+    p.add_argument("--meta", required=True, help="YAML describing architecture, schedule, image size")
+    p.add_argument("--out", required=True, help="deftmed prior checkpoint to write")
+    p.set_defaults(func=run_import)
+
+
+def run_train(args) -> int:
+    from deftmed.data.datasets import open_images
+    from deftmed.diffusion.prior import PriorSpec
+    from deftmed.diffusion.schedule import NoiseSchedule
+    from deftmed.diffusion.train import train_prior
+    from deftmed.diffusion.unet import UNetConfig
+    from deftmed.distributed import init_distributed, pick_device, shutdown
+    from deftmed.training import TrainConfig
+
+    device = pick_device(args.device)
+    dist = init_distributed(device)
+    source = open_images(args.data, "train", args.image_size)
+    from deftmed.data.datasets import phantom_intensity
+    intensity = phantom_intensity(args.data)
+    spec = PriorSpec(unet=UNetConfig(channels=args.channels,
+                                     attention_levels=tuple(bool(a) for a in args.attention_levels),
+                                     num_res_blocks=args.num_res_blocks,
+                                     norm_num_groups=args.norm_groups),
+                     schedule=NoiseSchedule(), image_size=args.image_size, intensity=intensity,
+                     data=source.description)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=args.warmup, ema_decay=args.ema, grad_clip=args.grad_clip,
+                      seed=args.seed, checkpoint_every=args.checkpoint_every,
+                      progress=not args.no_progress)
+    command = "deftmed " + shlex.join(sys.argv[1:])
+    try:
+        path = train_prior(source, spec, cfg, args.out, device, dist, args.resume,
+                           args.sample_every, command)
+    finally:
+        shutdown(dist)
+    if dist.is_main:
+        print(f"prior written to {path}")
+    return 0
+
+
+def run_sample(args) -> int:
+    import torch
+
+    from deftmed.diffusion.ddim import sample_unconditional
+    from deftmed.diffusion.prior import DiffusionPrior
+    from deftmed.diffusion.train import save_sample_grid
+    from deftmed.distributed import pick_device
+    from deftmed.fileio import check_writable
+    from deftmed.shipped import resolve_checkpoint
+
+    check_writable(args.out)
+    prior = DiffusionPrior.load(resolve_checkpoint(args.prior), pick_device(args.device))
+    gen = torch.Generator().manual_seed(args.seed)
+    samples = sample_unconditional(prior, args.n, args.steps, args.eta, args.spacing, gen,
+                                   progress=True)
+    save_sample_grid(samples, args.out, f"{args.prior}: {args.n} samples, {args.steps} DDIM steps")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_import(args) -> int:
+    from deftmed.diffusion.convert import import_monai_prior
+
+    meta = import_monai_prior(args.weights, args.meta, args.out)
+    print(f"imported prior ({meta['parameters']} parameters) to {args.out}")
+    return 0
