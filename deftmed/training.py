@@ -223,8 +223,8 @@ class Trainer:
     def _checkpoint(self, save_fn, on_checkpoint, writer, logf, t_start) -> None:
         if self.dist.is_main:
             self.save_state()
-            save_fn(self.ema, self.step)
             extra = on_checkpoint(self.ema, self.step) if on_checkpoint else None
+            save_fn(self.ema, self.step)
             if extra and writer:
                 writer.writerow({"step": self.step, "loss": "", "lr": "", "images_per_s": "",
                                  "seconds": f"{time.time() - t_start:.1f}",

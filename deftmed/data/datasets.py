@@ -56,8 +56,8 @@ class PhantomSource(ImageSource):
         if self.kind == "ellipses":
             from deftmed.data.phantoms import EllipseParams, render_ellipses, split_seed
             return render_ellipses(EllipseParams.random(split_seed(self.split, index)), size)
-        from deftmed.data.anatomy import anatomical_model_image
-        return anatomical_model_image(index, size, self.split)
+        from deftmed.data.anatomy import anatomical_dataset
+        return anatomical_dataset(1, size, self.split, start=index)[0]
 
     def get(self, indices, size: int | None = None) -> np.ndarray:
         size = int(size or self.image_size)
@@ -112,8 +112,8 @@ def phantom_intensity(kind: str) -> dict | None:
         from deftmed.data.intensity import ELLIPSES
         return ELLIPSES.to_dict()
     if kind == "anatomy":
-        from deftmed.data.anatomy import ANATOMY_INTENSITY
-        return ANATOMY_INTENSITY.to_dict()
+        from deftmed.data.intensity import LODOPAB  # anatomical_dataset's default mapping
+        return LODOPAB.to_dict()
     return None
 
 

@@ -1,0 +1,169 @@
+"""Named, frozen experiment protocols (``protocols/*.yaml``).
+
+A protocol fixes everything a number depends on: dataset and split sizes, image and simulation
+grids, scanner geometry, noise model, metric convention and seeds. Results files carry its name
+and ``hash()`` (of the canonical content, geometry and noise resolved), so numbers produced
+under different settings can never be confused.
+
+Measurements are simulated per image from ``(seeds.noise, split, index)``: image ``i`` gets the
+same sinogram whatever the batch size, process count or resume point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from deftmed.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REQUIRED = ("name", "description", "dataset", "geometry", "noise", "splits", "metrics", "seeds")
+DATASET_KINDS = ("ellipses", "anatomy", "files", "lodopab", "aapm")
+SPLIT_OFFSETS = {"train": 0, "validation": 1, "test": 2}
+
+
+def _find(name: str, folder: str, suffix: str = ".yaml", base: Path | None = None) -> Path:
+    """Resolve a file given as a path or a bare name in ``folder`` (cwd, then the repository)."""
+    p = Path(name)
+    candidates = [p] if p.suffix else []
+    for root in ([base] if base else []) + [Path.cwd(), REPO_ROOT]:
+        candidates += [root / p, root / folder / p, root / folder / (p.name + suffix)]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f"cannot find {folder[:-1]} {name!r} (looked in ./{folder}/ and "
+                      f"{REPO_ROOT / folder}/)")
+
+
+@dataclass
+class Protocol:
+    name: str
+    description: str
+    dataset: dict
+    geometry_file: str
+    noise_spec: dict
+    splits: dict
+    metrics: dict
+    seeds: dict
+    runs_on: str = "cpu"
+    weights: dict = field(default_factory=dict)
+    source: Path | None = None
+
+    # --- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike) -> "Protocol":
+        path = _find(str(name_or_path), "protocols")
+        try:
+            d = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_dict(d, path)
+
+    @classmethod
+    def from_dict(cls, d: dict, path: Path | None = None) -> "Protocol":
+        where = str(path or "protocol")
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise ConfigError(f"{where}: missing field(s) {missing}; a protocol needs {list(REQUIRED)}")
+        known = set(REQUIRED) | {"runs_on", "weights"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+        ds = d["dataset"]
+        if not isinstance(ds, dict) or ds.get("kind") not in DATASET_KINDS:
+            raise ConfigError(f"{where}: dataset.kind must be one of {DATASET_KINDS}")
+        if "image_size" not in ds:
+            raise ConfigError(f"{where}: dataset.image_size is required")
+        for split in ("validation", "test"):
+            if not isinstance(d["splits"].get(split), int) or d["splits"][split] < 1:
+                raise ConfigError(f"{where}: splits.{split} must be a positive image count")
+        if "noise" not in d["seeds"]:
+            raise ConfigError(f"{where}: seeds.noise is required")
+        if "data_range" not in d["metrics"]:
+            raise ConfigError(f"{where}: metrics.data_range is required")
+        return cls(d["name"], d["description"], ds, str(d["geometry"]), d["noise"], d["splits"],
+                   d["metrics"], d["seeds"], d.get("runs_on", "cpu"), d.get("weights", {}), path)
+
+    # --- resolved parts --------------------------------------------------------------------
+    def geometry(self):
+        from deftmed.physics.geometry import ScanGeometry
+        base = self.source.parent.parent if self.source else None
+        return ScanGeometry.from_yaml(_find(self.geometry_file, "geometries", base=base))
+
+    def noise(self):
+        from deftmed.physics.noise import load_noise
+        return load_noise(self.noise_spec)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.dataset["image_size"])
+
+    @property
+    def simulation_size(self) -> int | None:
+        s = self.dataset.get("simulation_size")
+        return int(s) if s else None
+
+    def canonical(self) -> dict:
+        return {"name": self.name, "dataset": self.dataset, "geometry": self.geometry().canonical(),
+                "noise": self.noise().to_dict(), "splits": self.splits, "metrics": self.metrics,
+                "seeds": self.seeds}
+
+    def hash(self) -> str:
+        text = json.dumps(self.canonical(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # --- data ----------------------------------------------------------------------------
+    def images(self, split: str):
+        """The split's image source (phantoms, or files for real datasets)."""
+        from deftmed.data.datasets import open_images
+        kind = self.dataset["kind"]
+        if kind in ("ellipses", "anatomy"):
+            length = self.splits.get(split, 32000 if split == "train" else 1000)
+            return open_images(kind, split, self.image_size, length)
+        root = os.environ.get("DEFTMED_DATA", self.dataset.get("root", "data"))
+        files = self.dataset.get("files", {}).get(split)
+        if not files:
+            raise ConfigError(f"protocol {self.name}: dataset has no files for split {split!r}")
+        path = Path(root) / files
+        if not path.exists():
+            raise ConfigError(f"protocol {self.name} needs {path} (set DEFTMED_DATA to the data "
+                              f"root; see data_manifests/ and `deftmed data verify`)")
+        return open_images(str(path), split, self.image_size)
+
+    def operators(self, device="cpu"):
+        """``(op, sim_op)``: the reconstruction operator and the (finer) simulation operator."""
+        from deftmed.physics.raytransform import RayTransform
+        geometry = self.geometry()
+        op = RayTransform(geometry)
+        sim = self.simulation_size
+        sim_op = RayTransform(geometry.scaled(sim)) if sim and sim != self.image_size else None
+        return op, sim_op
+
+    def simulate(self, split: str, indices, op=None, sim_op=None, source=None, noise=None,
+                 device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Ground truth images (n,1,H,W) and noisy measurements for images ``indices``."""
+        if op is None:
+            op, sim_op = self.operators()
+        source = source or self.images(split)
+        noise = noise or self.noise()
+        idx = np.asarray(indices, dtype=np.int64)
+        x = source.tensor(idx, self.image_size, device)
+        if sim_op is not None:
+            clean = sim_op(source.tensor(idx, sim_op.image_shape[0], device))
+        else:
+            clean = op(x)
+        ys = []
+        for k, i in enumerate(idx):
+            seed = (int(self.seeds["noise"]) * 1_000_003 + SPLIT_OFFSETS[split] * 10_000_000
+                    + int(i))
+            ys.append(noise.sample(clean[k:k + 1], torch.Generator().manual_seed(seed)))
+        return x, torch.cat(ys) if ys else clean
