@@ -20,6 +20,7 @@ def register(sub) -> None:
                    help="1 where a level has self-attention, e.g. 0,0,0,1")
     p.add_argument("--num-res-blocks", type=int, default=1)
     p.add_argument("--norm-groups", type=int, default=16)
+    p.add_argument("--head-channels", type=int, default=32, help="channels per attention head")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -71,7 +72,8 @@ def run_train(args) -> int:
     spec = PriorSpec(unet=UNetConfig(channels=args.channels,
                                      attention_levels=tuple(bool(a) for a in args.attention_levels),
                                      num_res_blocks=args.num_res_blocks,
-                                     norm_num_groups=args.norm_groups),
+                                     norm_num_groups=args.norm_groups,
+                                     num_head_channels=args.head_channels),
                      schedule=NoiseSchedule(), image_size=args.image_size, intensity=intensity,
                      data=source.description)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,

@@ -35,6 +35,11 @@ class UNetConfig:
         if any(c % self.norm_num_groups for c in self.channels):
             raise ConfigError(f"UNet config: every channel count must be divisible by "
                               f"norm_num_groups={self.norm_num_groups}, got {self.channels}")
+        bad = [c for c, a in zip(self.channels, self.attention_levels)
+               if a and c % self.num_head_channels]
+        if bad:
+            raise ConfigError(f"UNet config: channels {bad} of attention levels are not divisible "
+                              f"by num_head_channels={self.num_head_channels}")
 
     @property
     def downsampling_factor(self) -> int:
