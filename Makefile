@@ -4,6 +4,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deftmed-installed
 WEIGHTS := deftmed/weights
 RUNS   ?= runs
+# Threads per training process: 1 keeps a 2-core machine usable and avoids OpenMP
+# oversubscription stalls when anything else runs; raise it on a dedicated machine.
+TRAIN_THREADS ?= 1
 
 .PHONY: setup demo test bench weights weights-prior weights-deft clean
 
@@ -33,7 +36,7 @@ PRIOR_CMD = $(VENV)/bin/deftmed train-prior --data ellipses --image-size 64 \
 	--out $(RUNS)/prior-ellipses64
 
 weights-prior: setup
-	$(PRIOR_CMD) --resume
+	OMP_NUM_THREADS=$(TRAIN_THREADS) $(PRIOR_CMD) --resume
 	cp $(RUNS)/prior-ellipses64/prior.safetensors $(WEIGHTS)/prior-ellipses64.safetensors
 
 weights: weights-prior weights-deft

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "deftmed.cli.prior_cmd",
     "deftmed.cli.deft_cmd",
     "deftmed.cli.demo_cmd",
+    "deftmed.cli.bench_cmd",
 ]
 
 

@@ -36,8 +36,8 @@ import json
 import logging
 import math
 import os
-import resource
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -45,7 +45,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from deftmed.errors import ConfigError, DeftmedError
+from deftmed.errors import ConfigError
 from deftmed.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,28 @@ class MethodFactory:
         return dict(_registry().search_space(name))
 
     def needs_prior(self, name: str) -> bool:
-        return name in DIFFUSION_METHODS
+        info = _registry().METHODS.get(name)
+        return bool(getattr(info, "needs_prior", name in DIFFUSION_METHODS))
+
+    def needs_deft(self, name: str) -> bool:
+        info = _registry().METHODS.get(name)
+        return bool(getattr(info, "needs_deft", name == "deft"))
 
     def build(self, name: str, settings: dict, protocol, device):
-        """A ready :class:`~deftmed.methods.base.Reconstructor`."""
+        """A ready :class:`~deftmed.methods.base.Reconstructor` (the protocol's ``weights``
+        give the prior and the DEFT h-transform of the diffusion methods)."""
         prior = self._prior(protocol, device) if self.needs_prior(name) else None
-        deft_model = self._deft(protocol, device) if name == "deft" else None
+        deft_model = self._deft(protocol, device) if self.needs_deft(name) else None
         return _registry().build_method(name, settings, prior=prior, deft_model=deft_model)
+
+    def preflight(self, name: str, protocol) -> None:
+        """Cheap checks before any work (e.g. that the needed weights exist)."""
+        from deftmed.shipped import resolve_checkpoint
+
+        if self.needs_prior(name):
+            resolve_checkpoint(self._weights(protocol, "prior"))
+        if self.needs_deft(name):
+            resolve_checkpoint(self._weights(protocol, "deft"))
 
     # cached weights: the guidance methods share one prior
     _cache: dict = {}
@@ -278,6 +293,10 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     bound)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20, "cuda_max_allocated"
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return float("nan"), "unavailable"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 2 ** 20 if sys.platform == "darwin" else 2 ** 10  # bytes on macOS, KiB on Linux
     return rss / scale, "process_peak_rss"
@@ -377,8 +396,6 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recon").mkdir(exist_ok=True)
 
     phash = protocol.hash()
     prov = provenance()
@@ -392,6 +409,9 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
         s, src = resolve_settings(protocol, m, factory, tuned_dir,
                                   (settings_override or {}).get(m))
         resolved[m] = {"settings": s, "settings_source": src, "settings_id": settings_id(s)}
+        factory.preflight(m, protocol)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recon").mkdir(exist_ok=True)
 
     # resume: what is done, and is it compatible with this run?
     existing = read_rows(out_dir)
@@ -431,7 +451,6 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
         _write_json(run_path, record)
 
     op, sim_op = protocol.operators(device)
-    op = op.to(device) if hasattr(op, "to") else op
     source = protocol.images("test")
     noise = protocol.noise()
     my_indices = [i for i in range(n) if i % dist.world_size == dist.rank]
@@ -461,7 +480,13 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
                 x, y = protocol.simulate("test", idx, op, sim_op, source, noise, device)
                 gen_device = device if device.type == "cuda" else "cpu"
                 gen = torch.Generator(gen_device).manual_seed(seed * 1_000_003 + idx[0])
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
                 rec = method.reconstruct(y, op, noise, gen)  # methods manage autograd themselves
+                if device.type == "cuda":  # kernels are asynchronous: time to completion
+                    torch.cuda.synchronize(device)
+                    rec.seconds = (time.perf_counter() - start) / len(idx)
                 img = rec.image.detach()
                 if not bool(torch.isfinite(img).all()):
                     log.warning("%s produced non-finite pixels for images %s", m, idx)
@@ -641,4 +666,4 @@ def summarise(out_dir) -> dict:
 
 __all__ = ["run_benchmark", "summarise", "MethodFactory", "check_methods", "resolve_settings",
            "read_rows", "merge_rows", "load_recons", "describe", "settings_id", "CSV_COLUMNS",
-           "METRIC_COLUMNS", "CI_METHOD", "DeftmedError"]
+           "METRIC_COLUMNS", "CI_METHOD"]

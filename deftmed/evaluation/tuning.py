@@ -187,6 +187,7 @@ def tune(protocol, method: str, budget: int | None = 20, n_val: int = 8, *, sear
     if unknown:
         raise ConfigError(f"search space of {method} has key(s) {unknown} it does not take")
     cands, kind = candidates(space, defaults, budget, search, seed)
+    factory.preflight(method, protocol)  # e.g. missing weights: fail before searching
     out_path = Path(out) if out is not None else tuned_path(protocol, method, tuned_dir)
 
     op, sim_op = protocol.operators(device)

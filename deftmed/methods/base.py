@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from deftmed.errors import InvalidValueError
+from deftmed.errors import InvalidValueError, ShapeError
 
 
 @dataclass
@@ -46,6 +46,12 @@ class Reconstructor(ABC):
         if y.dim() != 4 or y.shape[1] != 1:
             raise InvalidValueError(f"measurements must have shape (B, 1, views, detectors), "
                                     f"got {tuple(y.shape)}")
+        expected = getattr(operator, "sinogram_shape", None)
+        if expected is not None and tuple(y.shape[2:]) != tuple(expected):
+            geometry = getattr(operator, "geometry", None)
+            name = f" '{geometry.name}'" if getattr(geometry, "name", "") else ""
+            raise ShapeError(f"measurement shape {tuple(y.shape)} does not match the operator"
+                             f"{name}: expected (B, 1, {expected[0]}, {expected[1]})")
         if not bool(torch.isfinite(y).all()):
             raise InvalidValueError(f"measurements contain {int((~torch.isfinite(y)).sum())} "
                                     "NaN/Inf values")

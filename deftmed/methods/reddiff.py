@@ -6,16 +6,19 @@ The variational mean ``mu`` (diffusion space, ``z = 2x - 1``) is optimised with 
 
     eps ~ N(0, I);   z_t = sqrt(abar_t) mu + sqrt(1 - abar_t) eps
     e   = eps_theta(z_t, t)                                     (no gradient through the prior)
-    loss(mu) = -log p(y | to_image(mu)) / M  +  lam_t <sg(e - eps), mu> / N
+    loss(mu) = -log p(y | to_image(mu)) / (||A||^2 w)  +  lam_t <sg(e - eps), mu>
     lam_t = lam * sqrt(1 - abar_t) / sqrt(abar_t)               (the paper's inverse-SNR weighting)
     mu <- Adam(mu, grad loss)
 
-``M`` is the number of measurements and ``N`` of pixels per image, so both terms are means and
-``lam`` is dimensionless; ``log p(y | x)`` is the noise model's own log-likelihood (Gaussian:
-``-||A x - y||^2 / (2 sigma^2)``; Poisson: the count log-likelihood), so the data term is about
-1/2 at the noise level. ``mu`` starts at the FBP (Hann filter). The gradient of the
-regulariser is ``lam_t (e - eps)``, a denoising score-matching residual: the prior is only ever
-evaluated forward (``nfe = steps``). The result is ``to_image(mu)``, unclamped.
+``log p(y | x)`` is the noise model's own log-likelihood (Gaussian: ``-||A x - y||^2 /
+(2 sigma^2)``; Poisson: the count log-likelihood). The normalisation by ``||A||^2`` and by the
+mean inverse noise variance ``w`` (``1 / sigma^2`` for Gaussian noise) gives the data term a
+Hessian of norm at most 1 in ``x``, whatever the units of ``A`` and the noise level, so ``lam``
+is dimensionless and transfers between geometries. With the SNR weighting the regulariser's
+gradient ``lam_t (e - eps)`` is about ``lam (mu - D_t(z_t))``, a RED-style pull towards the
+prior's denoiser ``D_t`` (Tweedie) at the current noise level; the prior is only ever evaluated
+forward (``nfe = steps``). ``mu`` starts at the FBP (Hann filter). The result is
+``to_image(mu)``, unclamped.
 """
 
 from __future__ import annotations
@@ -66,12 +69,11 @@ class REDDiffReconstructor(Reconstructor):
     def _reconstruct(self, y, operator, noise, generator) -> Reconstruction:
         prior = self.prior
         device = next(prior.parameters()).device
-        y_lin, _ = linearised_data(y, noise)
+        y_lin, w = linearised_data(y, noise)
+        scale = operator.norm() ** 2 * w.expand_as(y_lin).reshape(y.shape[0], -1).mean(dim=1)
         x_init = operator.fbp(y_lin, "Hann", 1.0)
         mu = prior.to_diffusion(x_init).to(device).detach().requires_grad_(True)
         opt = torch.optim.Adam([mu], lr=self.lr, betas=self.betas)
-        n_meas = y[0].numel()
-        n_pix = mu[0].numel()
         abar = prior.alphas_cumprod
         for t in self.timesteps:
             a = abar[t]
@@ -81,8 +83,8 @@ class REDDiffReconstructor(Reconstructor):
                 e = prior.eps(z_t, t)
                 lam_t = self.lam * ((1 - a) / a).sqrt()
             with torch.enable_grad():
-                data = -noise.log_likelihood(prior.to_image(mu).to(y.device), y, operator) / n_meas
-                reg = lam_t * ((e - eps) * mu).reshape(mu.shape[0], -1).sum(dim=1) / n_pix
+                data = -noise.log_likelihood(prior.to_image(mu).to(y.device), y, operator) / scale
+                reg = lam_t * ((e - eps) * mu).reshape(mu.shape[0], -1).sum(dim=1)
                 loss = (data.to(device) + reg).sum()
             opt.zero_grad()
             loss.backward()
