@@ -26,8 +26,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# `make bench SECTIONS=physics,prior BENCH_ARGS=--quick` re-runs parts; BENCHMARKS.md is
+# assembled from all fragments in benchmarks/.
+SECTIONS ?=
+BENCH_ARGS ?=
 bench: setup
-	$(PY) -m deftmed.evaluation.benchmarks --out BENCHMARKS.md
+	$(PY) -m deftmed.evaluation.benchmarks --out BENCHMARKS.md $(if $(SECTIONS),--sections $(SECTIONS)) $(BENCH_ARGS)
 
 # Training the shipped weights (background jobs of an hour or more on 2 CPU cores).
 PRIOR_CMD = $(VENV)/bin/deftmed train-prior --data ellipses --image-size 64 \

@@ -63,8 +63,18 @@ def test_zero_initialised_h_is_the_guidance_path(prior):
     z = torch.randn(2, 1, 32, 32)
     t = torch.tensor([10, 900])
     g = torch.randn(2, 1, 32, 32)
+    abar = prior.alphas_cumprod[t]
     with torch.no_grad():
-        out = h(z, t, prior.tweedie(z, t), g)
+        out = h(z, t, prior.tweedie(z, t), g, abar_t=abar)
+        # x0-scaled guidance path (default): NN2 = 1 is one full likelihood step in x0 space
+        snr = (abar / (1 - abar)).sqrt().view(-1, 1, 1, 1)
+        assert torch.equal(out, -(torch.ones(2, 1, 1, 1) * snr) * g)
+        x0_prime = prior.tweedie(z, t, prior.eps(z, t) + out)
+        assert torch.allclose(x0_prime, prior.tweedie(z, t) + g, atol=1e-4)
+        # the paper's literal eq. 12 parametrisation with the authors' 0.01 initialisation
+        h_eps = HTransform(HNetConfig(channels=(8, 16), attention_levels=(False, False),
+                                      norm_num_groups=8, guidance_scaling="eps", nn2_init=0.01))
+        out = h_eps(z, t, prior.tweedie(z, t), g)
     assert torch.equal(out, -torch.full((2, 1, 1, 1), 0.01) * g)
     assert h.parameter_count() > 0
 

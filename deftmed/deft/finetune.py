@@ -58,18 +58,31 @@ def h_inputs(prior, guidance: Guidance, hcfg: HNetConfig, z_t, t, y):
 
 def calibrate_guidance_scale(prior, guidance: Guidance, sim: PairSimulator, n: int, seed: int,
                              device) -> float:
-    """``1 / RMS(g)`` over a calibration batch at uniformly random timesteps."""
+    """The least-squares step ``kappa`` for which ``x0hat + kappa * g_raw`` best fits ``x0``.
+
+    Over a calibration batch at uniformly random timesteps (diffusion space):
+    ``kappa = <g_raw, z0 - x0hat> / <g_raw, g_raw>``. With ``g = kappa * g_raw`` the guidance
+    path with ``NN2 = 1`` is, in x0 space, the best single back-projected likelihood step, so
+    the network starts from a sensible data-consistency correction and learns order-one values.
+    Falls back to ``1 / RMS(g_raw)`` if the fit is not positive.
+    """
     gen = torch.Generator().manual_seed(seed + 7919)
     idx = torch.randint(len(sim.source), (n,), generator=gen).numpy()
     x0, y = sim.pairs(idx, gen, device)
     t = torch.randint(prior.num_timesteps, (n,), generator=gen).to(device)
-    z_t = prior.schedule.q_sample(prior.to_diffusion(x0), t, torch.randn(x0.shape, generator=gen).to(device))
+    z0 = prior.to_diffusion(x0)
+    z_t = prior.schedule.q_sample(z0, t, torch.randn(x0.shape, generator=gen).to(device))
     raw = Guidance(guidance.op, guidance.noise, guidance.backprojection, guidance.filter_type,
                    guidance.frequency_scaling, 1.0)
     with torch.no_grad():
-        g = raw(prior.to_image(prior.tweedie(z_t, t)), y)
-    rms = float(g.pow(2).mean().sqrt())
-    return 1.0 / rms if rms > 0 else 1.0
+        x0hat = prior.tweedie(z_t, t)
+        g = raw(prior.to_image(x0hat), y)
+    gg = float((g * g).sum())
+    kappa = float((g * (z0 - x0hat)).sum()) / gg if gg > 0 else 0.0
+    if kappa <= 0 or not np.isfinite(kappa):
+        rms = (gg / g.numel()) ** 0.5
+        kappa = 1.0 / rms if rms > 0 else 1.0
+    return kappa
 
 
 def deft_loss(hnet, prior, guidance, hcfg, sim: PairSimulator, generator, batch, device):
@@ -79,7 +92,7 @@ def deft_loss(hnet, prior, guidance, hcfg, sim: PairSimulator, generator, batch,
     eps = torch.randn(x0.shape, generator=generator).to(device)
     z_t = prior.schedule.q_sample(prior.to_diffusion(x0), t, eps)
     e_u, x0hat, g, aty = h_inputs(prior, guidance, hcfg, z_t, t, y)
-    h = hnet(z_t, t, x0hat, g, aty)
+    h = hnet(z_t, t, x0hat, g, aty, prior.alphas_cumprod[t])
     return torch.nn.functional.mse_loss(e_u + h, eps)
 
 

@@ -43,11 +43,14 @@ class HNetConfig:
     norm_num_groups: int = 8
     variant: str = "full"
     nn2_hidden: int = 64
-    nn2_init: float = 0.01
+    nn2_init: float = 1.0
+    guidance_scaling: str = "x0"
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         object.__setattr__(self, "attention_levels", tuple(bool(a) for a in self.attention_levels))
+        if self.guidance_scaling not in ("x0", "eps"):
+            raise ConfigError(f"guidance_scaling must be 'x0' or 'eps', got {self.guidance_scaling!r}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown h-network variant {self.variant!r}; use one of "
                               f"{sorted(VARIANTS)}")
@@ -118,14 +121,21 @@ class HTransform(nn.Module):
         self.nn2 = TimeScalar(cfg.nn2_hidden, cfg.nn2_init) if cfg.guidance_path else None
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, x0hat: torch.Tensor | None = None,
-                g: torch.Tensor | None = None, aty: torch.Tensor | None = None) -> torch.Tensor:
+                g: torch.Tensor | None = None, aty: torch.Tensor | None = None,
+                abar_t: torch.Tensor | None = None) -> torch.Tensor:
         feats = {"z_t": z_t, "x0hat": x0hat, "g": g, "aty": aty}
         missing = [k for k in self.cfg.inputs if feats[k] is None]
         if missing or (self.nn2 is not None and g is None):
             raise ConfigError(f"h-network variant {self.cfg.variant!r} needs inputs {missing or ['g']}")
         h = self.nn1(torch.cat([feats[k] for k in self.cfg.inputs], dim=1), t.long())
         if self.nn2 is not None:
-            h = h - self.nn2(t).view(-1, 1, 1, 1) * g
+            scalar = self.nn2(t).view(-1, 1, 1, 1)
+            if self.cfg.guidance_scaling == "x0":
+                if abar_t is None:
+                    raise ConfigError("x0-scaled guidance needs abar_t")
+                a = abar_t.view(-1, 1, 1, 1).to(g.dtype)
+                scalar = scalar * (a / (1 - a)).sqrt()
+            h = h - scalar * g
         return h
 
     def parameter_count(self) -> int:

@@ -28,7 +28,7 @@ def h_corrected_eps(prior, hnet: HTransform, guidance: Guidance, y: torch.Tensor
         e_u = prior.eps(z_t, t)
         x0 = prior.tweedie(z_t, t, e_u)
         g = guidance(prior.to_image(x0), y) if need_g else None
-        return e_u + hnet(z_t, t, x0, g, aty)
+        return e_u + hnet(z_t, t, x0, g, aty, prior.alphas_cumprod[t])
 
     return eps_fn
 
