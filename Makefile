@@ -35,13 +35,30 @@ bench: setup
 
 # Training the shipped weights (background jobs of an hour or more on 2 CPU cores).
 PRIOR_CMD = $(VENV)/bin/deftmed train-prior --data ellipses --image-size 64 \
-	--channels 32,48,64,96 --attention-levels 0,0,0,1 --steps 5000 --batch-size 16 --lr 3e-4 \
+	--channels 32,48,64,96 --attention-levels 0,0,0,1 --steps 4000 --batch-size 16 --lr 3e-4 \
 	--warmup 200 --ema 0.999 --seed 0 --checkpoint-every 250 --sample-every 1000 \
 	--out $(RUNS)/prior-ellipses64
 
 weights-prior: setup
 	OMP_NUM_THREADS=$(TRAIN_THREADS) $(PRIOR_CMD) --resume
 	cp $(RUNS)/prior-ellipses64/prior.safetensors $(WEIGHTS)/prior-ellipses64.safetensors
+
+DEFT_STEPS ?= 2000
+DEFT_CMD = $(VENV)/bin/deftmed finetune --prior $(WEIGHTS)/prior-ellipses64.safetensors \
+	--steps $(DEFT_STEPS) --batch-size 16 --lr 1e-3 --warmup 100 --ema 0.999 --seed 0 \
+	--checkpoint-every 250 --val-every 500 --val-n 8 --val-steps 100
+
+$(RUNS)/deft-%.safetensors: setup
+	OMP_NUM_THREADS=$(TRAIN_THREADS) $(DEFT_CMD) --protocol $* --out $@ --resume
+
+weights-deft-%: $(RUNS)/deft-%.safetensors
+	cp $< $(WEIGHTS)/deft-$*.safetensors
+
+# The two h-transforms train in parallel (one core each).
+weights-deft:
+	$(MAKE) -j2 weights-deft-ellipses64-sv20 weights-deft-fan64-sv24
+
+.PRECIOUS: $(RUNS)/deft-%.safetensors
 
 weights: weights-prior weights-deft
 

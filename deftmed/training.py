@@ -80,6 +80,8 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.step = 0
+        self.previous_seconds = 0.0  # wall time of earlier (resumed) segments
+        self._t_start = time.time()
         self.wrapped = self.model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -103,7 +105,7 @@ class Trainer:
         tensors.update(opt_tensors)
         save_checkpoint(self.state_path, tensors, STATE_KIND,
                         {"step": self.step, "config": asdict(self.cfg), "optimizer": skeleton,
-                         "run": self.run_info})
+                         "run": self.run_info, "wall_seconds": self.wall_seconds})
 
     def load_state(self) -> None:
         tensors, meta = load_checkpoint(self.state_path, STATE_KIND)
@@ -118,6 +120,12 @@ class Trainer:
         opt_tensors = {k: v for k, v in tensors.items() if k.startswith("opt")}
         self.opt.load_state_dict(unflatten_state(opt_tensors, meta["optimizer"]))
         self.step = int(meta["step"])
+        self.previous_seconds = float(meta.get("wall_seconds", 0.0))
+
+    @property
+    def wall_seconds(self) -> float:
+        """Training wall time so far, over all resumed segments."""
+        return self.previous_seconds + time.time() - self._t_start
 
     # --- the loop -----------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -175,7 +183,7 @@ class Trainer:
         logf, writer = self._open_log(resume) if self.dist.is_main else (None, None)
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="training", dynamic_ncols=True,
                    disable=not (self.cfg.progress and self.dist.is_main))
-        t_start = time.time()
+        t_start = self._t_start = time.time()
         t_last, step_last = t_start, self.step
         loss_acc, n_acc = 0.0, 0
         try:
@@ -206,7 +214,7 @@ class Trainer:
                         writer.writerow({"step": self.step, "loss": f"{loss_acc / n_acc:.6f}",
                                          "lr": f"{self.lr_at(self.step - 1):.3e}",
                                          "images_per_s": f"{ips:.2f}",
-                                         "seconds": f"{now - t_start:.1f}", "extra": ""})
+                                         "seconds": f"{self.wall_seconds:.1f}", "extra": ""})
                         logf.flush()
                     t_last, step_last, loss_acc, n_acc = now, self.step, 0.0, 0
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
@@ -227,7 +235,7 @@ class Trainer:
             save_fn(self.ema, self.step)
             if extra and writer:
                 writer.writerow({"step": self.step, "loss": "", "lr": "", "images_per_s": "",
-                                 "seconds": f"{time.time() - t_start:.1f}",
+                                 "seconds": f"{self.wall_seconds:.1f}",
                                  "extra": json.dumps(extra, sort_keys=True)})
                 logf.flush()
             self.model.train()

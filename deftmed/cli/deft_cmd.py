@@ -13,8 +13,10 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 def register(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune a DEFT h-transform for a scanner geometry")
     p.add_argument("--prior", default="prior-ellipses64", help="prior checkpoint or shipped name")
-    p.add_argument("--geometry", required=True, help="scanner geometry YAML")
-    p.add_argument("--noise", required=True,
+    p.add_argument("--protocol", default=None,
+                   help="take geometry, noise, data and simulation grid from a protocol")
+    p.add_argument("--geometry", default=None, help="scanner geometry YAML")
+    p.add_argument("--noise", default=None,
                    help="noise YAML file, or an inline mapping like '{type: gaussian, relative: 0.025}'")
     p.add_argument("--data", default="ellipses",
                    help="training images: 'ellipses', 'anatomy', or a file/folder of images in [0,1]")
@@ -24,7 +26,7 @@ def register(sub) -> None:
                    help="simulate measurements on this finer grid (phantom data; avoids the inverse crime)")
     p.add_argument("--variant", default="full",
                    choices=["full", "no_x0hat", "no_guidance_path", "aty_only"])
-    p.add_argument("--channels", type=_int_tuple, default=(16, 24, 24), help="h-network UNet channels")
+    p.add_argument("--channels", type=_int_tuple, default=(8, 16, 32), help="h-network UNet channels")
     p.add_argument("--backprojection", default="fbp", choices=["fbp", "adjoint"],
                    help="B in the guidance input g = B(score)")
     p.add_argument("--steps", type=int, default=3000)
@@ -79,13 +81,23 @@ def run_finetune(args) -> int:
     from deftmed.training import TrainConfig
 
     check_writable(args.out)
+    if args.protocol:
+        from deftmed.evaluation.protocol import Protocol
+        if args.geometry or args.noise:
+            raise ConfigError("give either --protocol or --geometry/--noise, not both")
+        proto = Protocol.load(args.protocol)
+        geometry, noise = proto.geometry(), proto.noise()
+        args.data = proto.dataset["kind"] if proto.dataset["kind"] in PHANTOM_KINDS else args.data
+        args.sim_size = args.sim_size or proto.simulation_size
+    else:
+        if not (args.geometry and args.noise):
+            raise ConfigError("finetune needs --geometry and --noise (or --protocol)")
+        geometry, noise = ScanGeometry.from_yaml(args.geometry), load_noise_arg(args.noise)
     device = pick_device(args.device)
     prior = DiffusionPrior.load(resolve_checkpoint(args.prior), device)
-    geometry = ScanGeometry.from_yaml(args.geometry)
     if geometry.shape[0] != prior.spec.image_size:
         raise ConfigError(f"geometry image size {geometry.shape[0]} differs from the prior's "
                           f"{prior.spec.image_size}; write the geometry for the prior's grid")
-    noise = load_noise_arg(args.noise)
     op = RayTransform(geometry)
     sim_op = None
     if args.sim_size and args.sim_size != geometry.shape[0]:

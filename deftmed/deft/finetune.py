@@ -153,6 +153,7 @@ def finetune(prior, op, noise, source: ImageSource, hcfg: HNetConfig, cfg: Train
     def save_fn(ema, step):
         DeftModel(ema, binding).save(out, {
             "training": {"step": step, "config": vars(cfg), "command": command,
+                         "wall_seconds": round(trainer.wall_seconds, 1),
                          "data": source.description, "world_size": dist.world_size,
                          "simulation_grid": sim_op.image_shape[0] if sim_op is not None else None},
             "validation": curve, "validation_steps": val_steps})

@@ -37,7 +37,7 @@ VARIANTS = {
 
 @dataclass(frozen=True)
 class HNetConfig:
-    channels: tuple[int, ...] = (16, 24, 24)
+    channels: tuple[int, ...] = (8, 16, 32)
     attention_levels: tuple[bool, ...] = (False, False, False)
     num_res_blocks: int = 1
     norm_num_groups: int = 8

@@ -75,6 +75,7 @@ def train_prior(source: ImageSource, spec: PriorSpec, cfg: TrainConfig, out_dir:
         snapshot = DiffusionPrior(spec, unet=ema_unet)
         snapshot.save(out_dir / "prior.safetensors",
                       {"training": {"step": step, "config": vars(cfg), "command": command,
+                                    "wall_seconds": round(trainer.wall_seconds, 1),
                                     "world_size": dist.world_size, "data": source.description}})
 
     def on_checkpoint(ema_unet, step):
