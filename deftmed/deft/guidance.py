@@ -1,15 +1,24 @@
 """The guidance input of the h-network: the likelihood gradient at the Tweedie estimate.
 
-``g = B s(A x0hat, y)`` where ``s = d log p(y | A x) / d(A x)`` is the noise model's score in
-sinogram space and ``B`` maps it back to the image: the exact adjoint ``A^T`` (so ``g`` is the
-true gradient ``grad_x log p(y | x)``) or, as the DEFT paper does for CT, the filtered
-back-projection, which conditions far better. For Gaussian noise
-``s = (y - A x) / sigma^2``; for Poisson counts ``s = mu (i0 exp(-mu A x) - c)``.
+``g = kappa * B r(A x0hat, y)`` where ``r`` is the noise model's score in sinogram space,
+``d log p(y | A x) / d(A x)``, divided by the measurement's mean statistical weight, and ``B``
+maps it back to the image: the exact adjoint ``A^T`` (then ``g`` is parallel to the true
+gradient ``grad_x log p(y | x)``) or, as the DEFT paper does for CT, the filtered
+back-projection, which conditions far better.
 
-``g`` is multiplied by a fixed ``scale`` chosen once when fine-tuning starts (so that it has
-unit RMS on a calibration batch) and stored in the checkpoint: the network sees inputs of
-order one whatever the units and noise level. Being a constant, it changes nothing else: the
-scalar path ``NN2(t)`` learns the step size.
+- Gaussian: ``score = (y - A x) / sigma^2``, mean weight ``1 / sigma^2``, so ``r = y - A x``.
+- Poisson (counts ``c``, ``lam = i0 exp(-mu A x)``): ``score = mu (lam - c)``, mean weight
+  ``mu^2 mean(lam)`` (the Fisher information per bin), so ``r = (lam - c) / (mu mean(lam))``:
+  to first order the statistically weighted residual ``(lam / mean(lam)) (y - A x)``.
+
+Why normalised: the raw gradient carries a per-measurement factor (``1/sigma^2``, which for
+relative Gaussian noise depends on the scan's brightness; the photon count for Poisson). A
+learned, fixed step on the raw gradient is then right only for scans like the training ones
+and diverged on other anatomy in our tests; the normalised ``r`` is an image correction in model
+units for every scan, and the network still gets the statistical weighting across bins.
+
+``kappa`` is a fixed scale chosen once when fine-tuning starts (the least-squares step, see
+``deft.finetune.calibrate_guidance_scale``) and stored in the checkpoint.
 """
 
 from __future__ import annotations
@@ -25,12 +34,15 @@ BACKPROJECTIONS = ("fbp", "adjoint")
 
 
 def sinogram_score(noise: NoiseModel, ax: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``d log p(y | A x) / d(A x)`` for clean line integrals ``ax``."""
+    """``d log p(y | A x) / d(A x)`` divided by the mean statistical weight per measurement."""
     if isinstance(noise, GaussianNoise):
-        return (y - ax) / noise.effective_sigma(y) ** 2
+        return y - ax
     if isinstance(noise, PoissonNoise):
-        counts = noise.counts_from_measurement(y)
-        return noise.attenuation_scale * (noise.expected_counts(ax) - counts)
+        # float64: lam - c is a small difference of large counts
+        lam = noise.expected_counts(ax.double())
+        counts = noise.counts_from_measurement(y.double())
+        mean_lam = lam.flatten(1).mean(dim=1).clamp_min(noise.min_count).view(-1, 1, 1, 1)
+        return ((lam - counts) / (noise.attenuation_scale * mean_lam)).to(ax.dtype)
     raise ConfigError(f"no guidance defined for noise model {type(noise).__name__}")
 
 

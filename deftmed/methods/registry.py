@@ -52,7 +52,7 @@ METHODS: dict[str, MethodInfo] = {
                       {"gamma": [0.0, 0.001, 0.01, 0.1], "cg_iters": [2, 5, 10]},
                       "decomposed diffusion sampling (Chung et al. 2024)"),
     "deft": MethodInfo("deftmed.methods.deft", "DEFTReconstructor", True, True,
-                       {"eta": [0.0, 0.5, 0.85]},
+                       {"eta": [0.0, 0.5, 0.85, 1.0]},
                        "DEFT: fine-tuned h-transform, DDIM sampling (Denker et al. 2024)"),
 }
 
