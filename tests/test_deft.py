@@ -197,11 +197,13 @@ def test_cli_reconstruct(prior, trained, tmp_path, capsys):
     ro.chmod(0o500)
     try:
         import os
-        if os.access(ro, os.W_OK):  # running as root: permissions are not enforced
-            pytest.skip("cannot make an unwritable folder as root")
-        assert main(args[:-1] + [str(ro / "x.npy")]) == 2
+        if not os.access(ro, os.W_OK):  # as root permissions are not enforced: nothing to test
+            assert main(args[:-1] + [str(ro / "x.npy")]) == 2
+            assert not (ro / "x.npy").exists()
     finally:
         ro.chmod(0o700)
+    # an unsupported output type fails before any work
+    assert main(args[:-1] + [str(tmp_path / "rec.txt")]) == 2
     # another geometry: refused with the fine-tune hint
     g2 = tmp_path / "g2.yaml"
     geom32(views=16, det=47, name="other").to_yaml(g2)

@@ -5,7 +5,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from deftmed.data import dicom as dcm
 from deftmed.data.dicom import HU_MAX, HU_MIN, read_dicom, write_dicom_series
 from deftmed.errors import DataFormatError, DeftmedError, InvalidValueError, ShapeError
 

@@ -11,7 +11,7 @@ import yaml
 from deftmed.errors import ConfigError
 from deftmed.evaluation.protocol import Protocol
 from deftmed.evaluation.runner import (CSV_COLUMNS, METRIC_COLUMNS, MethodFactory, describe,
-                                       load_recons, read_rows, run_benchmark, summarise)
+                                       load_recons, read_rows, run_benchmark)
 from deftmed.methods.base import Reconstruction, Reconstructor
 from deftmed.methods.fbp import FBPReconstructor
 

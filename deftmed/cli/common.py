@@ -22,3 +22,44 @@ def load_noise_arg(text: str):
         raise ConfigError(f"--noise {text!r} is neither a file nor a mapping like "
                           "'{type: gaussian, relative: 0.025}'")
     return load_noise(spec)
+
+
+def add_training_args(p, steps: int, lr: float, warmup: int, checkpoint_every: int) -> None:
+    """The options every training command shares (the loop is ``deftmed.training.Trainer``)."""
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch (split over processes)")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup", type=int, default=warmup, help="linear learning-rate warm-up steps")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=checkpoint_every)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def train_config(args):
+    from deftmed.training import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       warmup_steps=args.warmup, ema_decay=args.ema, grad_clip=args.grad_clip,
+                       seed=args.seed, checkpoint_every=args.checkpoint_every,
+                       progress=not args.no_progress)
+
+
+def run_training(func, what: str, device) -> int:
+    """Run ``func(dist, command)`` in a (torchrun-aware) process group; report its output."""
+    import shlex
+    import sys
+
+    from deftmed.distributed import init_distributed, shutdown
+
+    dist = init_distributed(device)
+    try:
+        path = func(dist, "deftmed " + shlex.join(sys.argv[1:]))
+    finally:
+        shutdown(dist)
+    if dist.is_main:
+        print(f"{what} written to {path}")
+    return 0

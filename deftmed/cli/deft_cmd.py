@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
+from deftmed.cli.common import add_training_args, run_training, train_config
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -29,21 +28,11 @@ def register(sub) -> None:
     p.add_argument("--channels", type=_int_tuple, default=(8, 16, 32), help="h-network UNet channels")
     p.add_argument("--backprojection", default="fbp", choices=["fbp", "adjoint"],
                    help="B in the guidance input g = B(score)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=250)
+    add_training_args(p, steps=2000, lr=1e-3, warmup=100, checkpoint_every=250)
     p.add_argument("--val-every", type=int, default=500, help="validation period in steps (0: off)")
     p.add_argument("--val-n", type=int, default=4)
     p.add_argument("--val-steps", type=int, default=100, help="DDIM steps of validation reconstructions")
     p.add_argument("--out", required=True, help="h-transform checkpoint to write (.safetensors)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_finetune)
 
     p = sub.add_parser("reconstruct", help="reconstruct sinograms (DEFT or FBP)")
@@ -71,14 +60,13 @@ def run_finetune(args) -> int:
     from deftmed.deft.finetune import finetune
     from deftmed.deft.hnet import HNetConfig
     from deftmed.diffusion.prior import DiffusionPrior
-    from deftmed.distributed import init_distributed, pick_device, shutdown
+    from deftmed.distributed import pick_device
     from deftmed.errors import ConfigError
     from deftmed.fileio import check_writable
     from deftmed.physics.geometry import ScanGeometry
     from deftmed.cli.common import load_noise_arg
     from deftmed.physics.raytransform import RayTransform
     from deftmed.shipped import resolve_checkpoint
-    from deftmed.training import TrainConfig
 
     check_writable(args.out)
     if args.protocol:
@@ -107,22 +95,13 @@ def run_finetune(args) -> int:
     source = open_images(args.data, "train", prior.spec.image_size)
     val_spec = args.val_data or (args.data if args.data in PHANTOM_KINDS else None)
     val = open_images(val_spec, "validation", prior.spec.image_size) if val_spec else None
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      warmup_steps=args.warmup, ema_decay=args.ema, grad_clip=args.grad_clip,
-                      seed=args.seed, checkpoint_every=args.checkpoint_every,
-                      progress=not args.no_progress)
-    dist = init_distributed(device)
-    try:
-        out = finetune(prior, op, noise, source, HNetConfig(channels=args.channels,
-                                                            variant=args.variant),
-                       cfg, args.out, device, dist, args.resume,
-                       {"backprojection": args.backprojection}, sim_op, val, args.val_n,
-                       args.val_every, args.val_steps, "deftmed " + shlex.join(sys.argv[1:]))
-    finally:
-        shutdown(dist)
-    if dist.is_main:
-        print(f"h-transform written to {out}")
-    return 0
+    hcfg = HNetConfig(channels=args.channels, variant=args.variant)
+    return run_training(
+        lambda dist, command: finetune(prior, op, noise, source, hcfg, train_config(args),
+                                       args.out, device, dist, args.resume,
+                                       {"backprojection": args.backprojection}, sim_op, val,
+                                       args.val_n, args.val_every, args.val_steps, command),
+        "h-transform", device)
 
 
 def run_reconstruct(args) -> int:

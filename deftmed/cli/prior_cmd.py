@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
+from deftmed.cli.common import add_training_args, run_training, train_config
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -21,19 +20,9 @@ def register(sub) -> None:
     p.add_argument("--num-res-blocks", type=int, default=1)
     p.add_argument("--norm-groups", type=int, default=16)
     p.add_argument("--head-channels", type=int, default=32, help="channels per attention head")
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    add_training_args(p, steps=20000, lr=2e-4, warmup=200, checkpoint_every=500)
     p.add_argument("--sample-every", type=int, default=2000, help="sample grid PNG period (0: never)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("sample-prior", help="draw unconditional samples from a prior into a PNG grid")
@@ -56,18 +45,15 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
-    from deftmed.data.datasets import open_images
+    from deftmed.data.datasets import open_images, phantom_intensity
     from deftmed.diffusion.prior import PriorSpec
     from deftmed.diffusion.schedule import NoiseSchedule
     from deftmed.diffusion.train import train_prior
     from deftmed.diffusion.unet import UNetConfig
-    from deftmed.distributed import init_distributed, pick_device, shutdown
-    from deftmed.training import TrainConfig
+    from deftmed.distributed import pick_device
 
     device = pick_device(args.device)
-    dist = init_distributed(device)
     source = open_images(args.data, "train", args.image_size)
-    from deftmed.data.datasets import phantom_intensity
     intensity = phantom_intensity(args.data)
     spec = PriorSpec(unet=UNetConfig(channels=args.channels,
                                      attention_levels=tuple(bool(a) for a in args.attention_levels),
@@ -76,19 +62,10 @@ def run_train(args) -> int:
                                      num_head_channels=args.head_channels),
                      schedule=NoiseSchedule(), image_size=args.image_size, intensity=intensity,
                      data=source.description)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      warmup_steps=args.warmup, ema_decay=args.ema, grad_clip=args.grad_clip,
-                      seed=args.seed, checkpoint_every=args.checkpoint_every,
-                      progress=not args.no_progress)
-    command = "deftmed " + shlex.join(sys.argv[1:])
-    try:
-        path = train_prior(source, spec, cfg, args.out, device, dist, args.resume,
-                           args.sample_every, command)
-    finally:
-        shutdown(dist)
-    if dist.is_main:
-        print(f"prior written to {path}")
-    return 0
+    return run_training(
+        lambda dist, command: train_prior(source, spec, train_config(args), args.out, device,
+                                          dist, args.resume, args.sample_every, command),
+        "prior", device)
 
 
 def run_sample(args) -> int:
