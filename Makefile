@@ -7,6 +7,7 @@ RUNS   ?= runs
 # Threads per training process: 1 keeps a 2-core machine usable and avoids OpenMP
 # oversubscription stalls when anything else runs; raise it on a dedicated machine.
 TRAIN_THREADS ?= 1
+PRIOR_THREADS ?= 2
 
 .PHONY: setup demo test bench weights weights-prior weights-deft clean
 
@@ -35,12 +36,13 @@ bench: setup
 
 # Training the shipped weights (background jobs of an hour or more on 2 CPU cores).
 PRIOR_CMD = $(VENV)/bin/deftmed train-prior --data ellipses --image-size 64 \
-	--channels 32,48,64,96 --attention-levels 0,0,0,1 --steps 4000 --batch-size 16 --lr 3e-4 \
+	--channels 32,48,64,96 --attention-levels 0,0,0,1 --prediction v --steps 3000 --batch-size 16 \
+	--lr 3e-4 \
 	--warmup 200 --ema 0.999 --seed 0 --checkpoint-every 250 --sample-every 1000 \
 	--out $(RUNS)/prior-ellipses64
 
 weights-prior: setup
-	OMP_NUM_THREADS=$(TRAIN_THREADS) $(PRIOR_CMD) --resume
+	OMP_NUM_THREADS=$(PRIOR_THREADS) $(PRIOR_CMD) --resume
 	cp $(RUNS)/prior-ellipses64/prior.safetensors $(WEIGHTS)/prior-ellipses64.safetensors
 
 DEFT_STEPS ?= 2000

@@ -144,3 +144,24 @@ def test_metadata_is_json(tmp_path):
     json.dumps(meta)
     assert meta["spec"]["schedule"]["beta_end"] == 0.02
     assert "git_commit" in meta["provenance"]
+
+
+def test_v_parametrisation_is_an_epsilon_model():
+    torch.manual_seed(0)
+    prior = DiffusionPrior(PriorSpec(unet=TINY, image_size=16, prediction="v")).eval()
+    x0 = torch.rand(2, 1, 16, 16) * 2 - 1
+    eps = torch.randn_like(x0)
+    t = torch.tensor([3, 990])
+    z_t = prior.schedule.q_sample(x0, t, eps)
+    v = prior.training_target(x0, t, eps)
+    # a network that outputs the true v yields the true eps, hence x0 exactly via Tweedie
+
+    class Oracle(torch.nn.Module):
+        def forward(self, z, tt):
+            return v
+
+    prior.unet = Oracle()
+    assert torch.allclose(prior.eps(z_t, t), eps, atol=1e-4)
+    assert torch.allclose(prior.tweedie(z_t, t), x0, atol=1e-3)
+    with pytest.raises(ConfigError):
+        PriorSpec(prediction="x0")

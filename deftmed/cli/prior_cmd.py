@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--num-res-blocks", type=int, default=1)
     p.add_argument("--norm-groups", type=int, default=16)
     p.add_argument("--head-channels", type=int, default=32, help="channels per attention head")
+    p.add_argument("--prediction", default="v", choices=["epsilon", "v"],
+                   help="network parametrisation (the prior is an epsilon model either way); "
+                        "v is well conditioned at high noise levels")
     add_training_args(p, steps=20000, lr=2e-4, warmup=200, checkpoint_every=500)
     p.add_argument("--sample-every", type=int, default=2000, help="sample grid PNG period (0: never)")
     p.add_argument("--out", required=True, help="output folder")
@@ -61,7 +64,7 @@ def run_train(args) -> int:
                                      norm_num_groups=args.norm_groups,
                                      num_head_channels=args.head_channels),
                      schedule=NoiseSchedule(), image_size=args.image_size, intensity=intensity,
-                     data=source.description)
+                     data=source.description, prediction=args.prediction)
     return run_training(
         lambda dist, command: train_prior(source, spec, train_config(args), args.out, device,
                                           dist, args.resume, args.sample_every, command),

@@ -19,6 +19,7 @@ from deftmed.diffusion.unet import UNetConfig, count_parameters
 from deftmed.errors import CheckpointError, ConfigError
 
 PRIOR_KIND = "diffusion-prior"
+PREDICTIONS = ("epsilon", "v")
 
 
 @dataclass
@@ -32,9 +33,15 @@ class PriorSpec:
     data_scale: float = 0.5
     intensity: dict | None = None
     data: dict | None = None
+    prediction: str = "epsilon"
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"unknown prediction type {self.prediction!r}; use one of {PREDICTIONS}")
 
     def to_dict(self) -> dict:
         return {"unet": self.unet.to_dict(), "schedule": self.schedule.to_dict(),
+                "prediction": self.prediction,
                 "image_size": self.image_size, "data_shift": self.data_shift,
                 "data_scale": self.data_scale, "intensity": self.intensity, "data": self.data}
 
@@ -47,7 +54,7 @@ class PriorSpec:
                    schedule=NoiseSchedule.from_dict(d["schedule"]),
                    image_size=int(d["image_size"]), data_shift=float(d.get("data_shift", 0.5)),
                    data_scale=float(d.get("data_scale", 0.5)), intensity=d.get("intensity"),
-                   data=d.get("data"))
+                   data=d.get("data"), prediction=d.get("prediction", "epsilon"))
 
 
 class DiffusionPrior(torch.nn.Module):
@@ -84,10 +91,27 @@ class DiffusionPrior(torch.nn.Module):
 
     # --- the model ------------------------------------------------------------------------
     def eps(self, z_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """Predicted noise for a batch ``z_t`` (B,C,H,W) at integer timesteps ``t``."""
+        """Predicted noise ``eps_theta(z_t, t)`` for a batch (B,C,H,W) at integer timesteps.
+
+        For a v-parametrised network (``prediction: v``, Salimans & Ho 2022) the network
+        output ``v`` is converted: ``eps = sqrt(abar) v + sqrt(1 - abar) z_t``. Either way the
+        prior is an epsilon model to every sampler.
+        """
         if not torch.is_tensor(t) or t.dim() == 0:
             t = torch.full((z_t.shape[0],), int(t), device=z_t.device, dtype=torch.long)
-        return self.unet(z_t, t.to(z_t.device).long())
+        t = t.to(z_t.device).long()
+        out = self.unet(z_t, t)
+        if self.spec.prediction == "v":
+            a = self.abar(t, z_t)
+            out = a.sqrt() * out + (1 - a).sqrt() * z_t
+        return out
+
+    def training_target(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor):
+        """What the network regresses on: ``eps``, or ``v = sqrt(abar) eps - sqrt(1-abar) z0``."""
+        if self.spec.prediction == "epsilon":
+            return eps
+        a = self.abar(t, z0)
+        return a.sqrt() * eps - (1 - a).sqrt() * z0
 
     def tweedie(self, z_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None = None):
         """``x0hat = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` in diffusion space, unclamped."""

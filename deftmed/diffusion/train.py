@@ -17,13 +17,14 @@ log = logging.getLogger(__name__)
 
 def prior_loss(unet, source: ImageSource, prior: DiffusionPrior, generator: torch.Generator,
                batch: int, device: torch.device) -> torch.Tensor:
-    """``|| eps - eps_theta(sqrt(abar) z0 + sqrt(1-abar) eps, t) ||^2`` for one random batch."""
+    """``|| target - net(sqrt(abar) z0 + sqrt(1-abar) eps, t) ||^2`` for one random batch;
+    the target is ``eps`` (DDPM's simple loss) or ``v`` for a v-parametrised prior."""
     idx = torch.randint(len(source), (batch,), generator=generator)
     z0 = prior.to_diffusion(source.tensor(idx.numpy(), prior.spec.image_size, device))
     t = torch.randint(prior.num_timesteps, (batch,), generator=generator).to(device)
     eps = torch.randn(z0.shape, generator=generator).to(device)
     z_t = prior.schedule.q_sample(z0, t, eps)
-    return torch.nn.functional.mse_loss(unet(z_t, t), eps)
+    return torch.nn.functional.mse_loss(unet(z_t, t), prior.training_target(z0, t, eps))
 
 
 def save_sample_grid(images: torch.Tensor, path: str | Path, title: str = "",
