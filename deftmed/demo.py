@@ -21,7 +21,7 @@ class DemoRow:
     seconds: float
 
 
-def run_demo(out_dir: str | Path, protocol: str = "ellipses64-sv20", n: int = 6,
+def run_demo(out_dir: str | Path, protocol: str = "ellipses64-sv20", n: int = 4,
              steps: int = 100, samples: int = 4, eta: float = 0.5, start: int = 0,
              device="cpu", seed: int = 0) -> tuple[list[DemoRow], Path]:
     from deftmed.evaluation.protocol import Protocol

@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser("demo", help="FBP vs DEFT on fresh test phantoms with the shipped weights")
     p.add_argument("--protocol", default="ellipses64-sv20")
-    p.add_argument("--n", type=int, default=6, help="number of test phantoms")
+    p.add_argument("--n", type=int, default=4, help="number of test phantoms")
     p.add_argument("--steps", type=int, default=100, help="DDIM steps")
     p.add_argument("--samples", type=int, default=4, help="posterior samples per image")
     p.add_argument("--eta", type=float, default=0.5)

@@ -239,9 +239,8 @@ def run_sections(names: list[str], out_dir: Path, quick: bool = False,
         except SectionMissing as exc:
             status[name] = f"skipped: {exc}"
             log.warning("section %s skipped: %s", name, exc)
-            print(f"[bench] {name}: skipped ({exc})", file=sys.stderr)
             continue
-        print(f"[bench] {name}: running{' (quick)' if quick else ''} ...", file=sys.stderr)
+        log.info("section %s: running%s ...", name, " (quick)" if quick else "")
         facts = machine_facts()
         when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         t0 = time.perf_counter()
@@ -250,9 +249,9 @@ def run_sections(names: list[str], out_dir: Path, quick: bool = False,
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one broken section must not lose the others
-            traceback.print_exc()
             status[name] = f"failed: {type(exc).__name__}: {exc}"
-            print(f"[bench] {name}: FAILED ({exc}); previous fragment kept", file=sys.stderr)
+            log.error("section %s FAILED (%s); previous fragment kept\n%s", name, exc,
+                      traceback.format_exc())
             continue
         seconds = time.perf_counter() - t0
         title = TITLES.get(name, name)
@@ -263,8 +262,7 @@ def run_sections(names: list[str], out_dir: Path, quick: bool = False,
         with atomic_path(fragment_path(out_dir, name)) as tmp:
             tmp.write_text(text)
         status[name] = "ok"
-        print(f"[bench] {name}: done in {seconds:.0f} s -> {fragment_path(out_dir, name)}",
-              file=sys.stderr)
+        log.info("section %s: done in %.0f s -> %s", name, seconds, fragment_path(out_dir, name))
     return status
 
 
@@ -345,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch intra-op threads (default: torch's choice / OMP_NUM_THREADS)")
     p.add_argument("--list", action="store_true", help="list sections and exit")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="[bench] %(levelname)s %(message)s")
     if args.list:
         for name, target in SECTIONS.items():
             print(f"{name:10s} {target if isinstance(target, str) else target!r}")
