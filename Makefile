@@ -45,7 +45,7 @@ weights-prior: setup
 	OMP_NUM_THREADS=$(PRIOR_THREADS) $(PRIOR_CMD) --resume
 	cp $(RUNS)/prior-ellipses64/prior.safetensors $(WEIGHTS)/prior-ellipses64.safetensors
 
-DEFT_STEPS ?= 1500
+DEFT_STEPS ?= 1200
 DEFT_CMD = $(VENV)/bin/deftmed finetune --prior $(WEIGHTS)/prior-ellipses64.safetensors \
 	--steps $(DEFT_STEPS) --batch-size 16 --lr 1e-3 --warmup 100 --ema 0.999 --seed 0 \
 	--checkpoint-every 250 --val-every 500 --val-n 8 --val-steps 100

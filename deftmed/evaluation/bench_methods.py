@@ -21,7 +21,7 @@ PROTOCOLS = tuple(os.environ.get("DEFTMED_BENCH_PROTOCOLS", "ellipses64-sv20,fan
 FAST = ("fbp", "tv", "dds", "deft")
 SLOW = ("dps", "reddiff")
 N_FAST = int(os.environ.get("DEFTMED_BENCH_N", 100))
-N_SLOW = int(os.environ.get("DEFTMED_BENCH_N_SLOW", 20))
+N_SLOW = int(os.environ.get("DEFTMED_BENCH_N_SLOW", 10))
 RESULTS = Path(os.environ.get("DEFTMED_RESULTS", "results"))
 
 

@@ -31,7 +31,7 @@ SEED = 0
 # (full, quick) settings
 N_DENOISE = (64, 16)
 N_SAMPLES = (256, 16)
-SAMPLE_STEPS = (100, 50)
+SAMPLE_STEPS = (50, 25)
 TRAIN_STEPS = (5, 2)
 TRAIN_BATCH = 16
 SAMPLE_BATCH = 16
