@@ -40,6 +40,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():  # some writers create 0600 files; give the usual permissions
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
         if path.is_dir() and tmp_path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp_path, path)
