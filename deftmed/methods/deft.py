@@ -34,3 +34,18 @@ class DEFTReconstructor(Reconstructor):
                               self.steps, self.eta, self.spacing, generator)
         return Reconstruction(post.mean, post.samples if self.samples > 1 else None, post.std,
                               nfe=post.nfe)
+
+
+class DEFTMeanReconstructor(DEFTReconstructor):
+    """DEFT's posterior mean: the average of ``samples`` stochastic (``eta > 0``) samples.
+
+    Paper Algorithm 6 with repeated runs: the mean is the reconstruction (closer to the MMSE
+    estimate than one sample, which for PSNR costs about 3 dB in theory) and the pixel-wise
+    standard deviation an uncertainty map; the cost is ``samples`` times one sample's.
+    """
+
+    name = "deft-mean"
+
+    def __init__(self, prior, model: DeftModel, steps: int = 100, eta: float = 1.0,
+                 samples: int = 4, spacing: str = "trailing"):
+        super().__init__(prior, model, steps, eta, samples, spacing)

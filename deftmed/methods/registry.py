@@ -54,6 +54,9 @@ METHODS: dict[str, MethodInfo] = {
     "deft": MethodInfo("deftmed.methods.deft", "DEFTReconstructor", True, True,
                        {"eta": [0.0, 0.5, 0.85, 1.0]},
                        "DEFT: fine-tuned h-transform, DDIM sampling (Denker et al. 2024)"),
+    "deft-mean": MethodInfo("deftmed.methods.deft", "DEFTMeanReconstructor", True, True,
+                            {"eta": [0.5, 0.85, 1.0]},
+                            "DEFT posterior mean of several stochastic samples"),
 }
 
 
