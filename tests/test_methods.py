@@ -153,7 +153,7 @@ def test_tv_batch_equals_single_items(problem):
 
 
 def test_registry_defaults_and_grids():
-    assert set(METHODS) == {"fbp", "tv", "dps", "reddiff", "dds", "deft"}
+    assert set(METHODS) == {"fbp", "tv", "dps", "reddiff", "dds", "deft", "deft-mean"}
     for name in METHODS:
         defaults, grid = default_settings(name), search_space(name)
         assert grid and set(grid) <= set(defaults), name
