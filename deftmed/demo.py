@@ -22,7 +22,7 @@ class DemoRow:
 
 
 def run_demo(out_dir: str | Path, protocol: str = "ellipses64-sv20", n: int = 4,
-             steps: int = 100, samples: int = 4, eta: float = 0.5, start: int = 0,
+             steps: int = 100, samples: int = 4, eta: float = 1.0, start: int = 0,
              device="cpu", seed: int = 0) -> tuple[list[DemoRow], Path]:
     from deftmed.evaluation.protocol import Protocol
     from deftmed.methods.fbp import FBPReconstructor

@@ -9,7 +9,7 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=4, help="number of test phantoms")
     p.add_argument("--steps", type=int, default=100, help="DDIM steps")
     p.add_argument("--samples", type=int, default=4, help="posterior samples per image")
-    p.add_argument("--eta", type=float, default=0.5)
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta (1.0 was best on validation)")
     p.add_argument("--start", type=int, default=0, help="first test image index")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="demo_output")
