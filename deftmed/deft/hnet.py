@@ -18,12 +18,12 @@ Variants (the paper's ablation): ``full`` (above), ``no_x0hat`` (``NN1([z_t, g],
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from deftmed.diffusion.unet import UNetConfig, count_parameters
+from deftmed.diffusion.unet import UNetConfig, config_from_dict, config_to_dict, count_parameters
 from deftmed.errors import ConfigError
 
 VARIANTS = {
@@ -72,17 +72,11 @@ class HNetConfig:
                           norm_num_groups=self.norm_num_groups)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        d["attention_levels"] = list(self.attention_levels)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "HNetConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"h-network config has unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "h-network config")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deftmed.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from deftmed.checkpoint import load_checkpoint, load_state_into
 from deftmed.diffusion.prior import DiffusionPrior, PriorSpec
 from deftmed.diffusion.schedule import NoiseSchedule
 from deftmed.errors import CheckpointError, ConfigError
@@ -445,12 +445,10 @@ class ADMPrior(DiffusionPrior):
         super().__init__(_spec(config), unet=unet if unet is not None else ADMUNet(config))
         self.adm_config = config
 
-    def save(self, path: str | os.PathLike, extra: dict | None = None) -> dict:
-        meta = {"spec": self.spec.to_dict(), "adm_config": self.adm_config.to_dict(),
-                "parameters": self.parameter_count()}
-        meta.update(extra or {})
-        self.metadata = save_checkpoint(path, self.unet.state_dict(), ADM_PRIOR_KIND, meta)
-        return self.metadata
+    checkpoint_kind = ADM_PRIOR_KIND
+
+    def checkpoint_metadata(self) -> dict:
+        return dict(super().checkpoint_metadata(), adm_config=self.adm_config.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "ADMPrior":

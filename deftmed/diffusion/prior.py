@@ -136,10 +136,16 @@ class DiffusionPrior(torch.nn.Module):
             fp = tensors_sha256(self.unet.state_dict())
         return fp
 
+    checkpoint_kind = PRIOR_KIND
+
+    def checkpoint_metadata(self) -> dict:
+        """What a checkpoint records besides the weights (subclasses add their own)."""
+        return {"spec": self.spec.to_dict(), "parameters": self.parameter_count()}
+
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> dict:
-        meta = {"spec": self.spec.to_dict(), "parameters": self.parameter_count()}
+        meta = self.checkpoint_metadata()
         meta.update(extra or {})
-        self.metadata = save_checkpoint(path, self.unet.state_dict(), PRIOR_KIND, meta)
+        self.metadata = save_checkpoint(path, self.unet.state_dict(), self.checkpoint_kind, meta)
         return self.metadata
 
     @classmethod

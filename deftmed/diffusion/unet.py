@@ -62,18 +62,28 @@ class UNetConfig:
         )
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        d["attention_levels"] = list(self.attention_levels)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"UNet config has unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "UNet config")
+
+
+def config_to_dict(cfg) -> dict:
+    """A network config dataclass as plain JSON types (tuples become lists)."""
+    d = asdict(cfg)
+    d["channels"] = list(cfg.channels)
+    d["attention_levels"] = list(cfg.attention_levels)
+    return d
+
+
+def config_from_dict(cls, d: dict, what: str):
+    """Build config dataclass ``cls`` from a dict, refusing unknown keys by name."""
+    known = set(cls.__dataclass_fields__)
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"{what} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**d)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
