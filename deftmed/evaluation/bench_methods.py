@@ -24,7 +24,7 @@ MEAN = ("deft-mean",)
 N_FAST = int(os.environ.get("DEFTMED_BENCH_N", 100))
 #: images for (DPS and RED-diff, DEFT's 4-sample posterior mean) per protocol: sized for a
 #: 2-core CPU session; raise them (or set DEFTMED_BENCH_N_SLOW / _N_MEAN) for a real evaluation
-PLAN = {"ellipses64-sv20": (10, 40), "fan64-sv24": (5, 20)}
+PLAN = {"ellipses64-sv20": (20, 40), "fan64-sv24": (5, 20)}
 RESULTS = Path(os.environ.get("DEFTMED_RESULTS", "results"))
 
 
