@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deftmed.checkpoint import load_checkpoint, load_state_into
+from deftmed.checkpoint import load_state_into
 from deftmed.diffusion.prior import DiffusionPrior, PriorSpec
 from deftmed.diffusion.schedule import NoiseSchedule
 from deftmed.errors import CheckpointError, ConfigError
@@ -451,14 +451,10 @@ class ADMPrior(DiffusionPrior):
         return dict(super().checkpoint_metadata(), adm_config=self.adm_config.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "ADMPrior":
-        tensors, meta = load_checkpoint(path, ADM_PRIOR_KIND)
+    def _from_metadata(cls, meta: dict, path) -> "ADMPrior":
         if "adm_config" not in meta:
             raise CheckpointError(f"{path}: ADM prior metadata lacks 'adm_config'")
-        prior = cls(ADMConfig.from_dict(meta["adm_config"]))
-        load_state_into(prior.unet, tensors, f"ADM prior {path}")
-        prior.metadata = meta
-        return prior.eval().requires_grad_(False).to(device)
+        return cls(ADMConfig.from_dict(meta["adm_config"]))
 
 
 def adm_prior(path: str | os.PathLike | None = None,

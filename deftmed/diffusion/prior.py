@@ -150,11 +150,16 @@ class DiffusionPrior(torch.nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "DiffusionPrior":
-        tensors, meta = load_checkpoint(path, PRIOR_KIND)
-        if "spec" not in meta:
-            raise CheckpointError(f"{path}: prior metadata lacks 'spec'")
-        prior = cls(PriorSpec.from_dict(meta["spec"]))
+        tensors, meta = load_checkpoint(path, cls.checkpoint_kind)
+        prior = cls._from_metadata(meta, path)
         load_state_into(prior.unet, tensors, f"prior {path}")
         prior.metadata = meta
         prior.eval().requires_grad_(False)
         return prior.to(device)
+
+    @classmethod
+    def _from_metadata(cls, meta: dict, path) -> "DiffusionPrior":
+        """An untrained prior of the architecture a checkpoint's metadata describes."""
+        if "spec" not in meta:
+            raise CheckpointError(f"{path}: prior metadata lacks 'spec'")
+        return cls(PriorSpec.from_dict(meta["spec"]))

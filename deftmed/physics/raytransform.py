@@ -113,30 +113,21 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-class _Project(torch.autograd.Function):
-    """y = A x; its gradient is the exact transpose (back-projection)."""
+_TRANSPOSE = {"forward": "adjoint", "adjoint": "forward"}
+
+
+class _Projection(torch.autograd.Function):
+    """``A x`` (direction "forward") or ``A^T y`` ("adjoint"); the gradient of each is the
+    other, so autograd uses the exact transpose."""
 
     @staticmethod
-    def forward(ctx, x, rt):  # type: ignore[override]
-        ctx.rt = rt
-        return rt._apply(x, "forward")
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        return _BackProject.apply(grad, ctx.rt), None
-
-
-class _BackProject(torch.autograd.Function):
-    """x = A^T y; its gradient is the forward projection."""
-
-    @staticmethod
-    def forward(ctx, y, rt):  # type: ignore[override]
-        ctx.rt = rt
-        return rt._apply(y, "adjoint")
+    def forward(ctx, t, rt, direction):  # type: ignore[override]
+        ctx.rt, ctx.direction = rt, direction
+        return rt._apply(t, direction)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        return _Project.apply(grad, ctx.rt), None
+        return _Projection.apply(grad, ctx.rt, _TRANSPOSE[ctx.direction]), None, None
 
 
 class RayTransform(torch.nn.Module):
@@ -236,12 +227,12 @@ class RayTransform(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Line integrals ``A x`` of images ``x`` (B, 1, H, W) -> (B, 1, n_views, n_det)."""
         x = self._check(x, "image")
-        return _Project.apply(x, self)
+        return _Projection.apply(x, self, "forward")
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Exact transpose (back-projection) ``A^T y``: (B, 1, n_views, n_det) -> (B, 1, H, W)."""
         y = self._check(y, "sinogram")
-        return _BackProject.apply(y, self)
+        return _Projection.apply(y, self, "adjoint")
 
     def fbp(self, y: torch.Tensor, filter_type: str = "Hann",
             frequency_scaling: float = 1.0, padding: bool = True) -> torch.Tensor:
