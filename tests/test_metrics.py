@@ -85,3 +85,21 @@ def test_bad_inputs(pair):
         psnr(x, gt, data_range="max")
     with pytest.raises(ConfigError):
         data_misfit(np.ones((1, 3)), np.zeros((1, 3)))
+
+
+def test_hu_metrics_known_values():
+    from deftmed.data.intensity import LODOPAB
+    from deftmed.evaluation.metrics import hu_metrics
+
+    gt = np.full((2, 16, 16), LODOPAB.from_hu(-1000.0))
+    gt[:, 4:12, 4:12] = LODOPAB.from_hu(40.0)  # a soft-tissue body of 64 pixels
+    x = LODOPAB.from_hu(LODOPAB.to_hu(gt) + 10.0)  # +10 HU everywhere
+    m = hu_metrics(x, gt, LODOPAB)
+    assert m["mae_body_hu"] == pytest.approx([10.0, 10.0])
+    # air at -1000 + 10 stays inside the [-1000, 1000] window: MSE = 100 over all pixels
+    assert m["psnr_hu"] == pytest.approx(20 * np.log10(2000 / 10.0))
+    # the soft-tissue window clips the air (-990 -> -160): error only in the body
+    assert m["psnr_soft"] == pytest.approx(10 * np.log10(400 ** 2 / (100 * 64 / 256)))
+    assert np.all(m["ssim_hu"] <= 1)
+    same = hu_metrics(gt, gt, LODOPAB)
+    assert np.all(np.isinf(same["psnr_hu"])) and np.all(same["mae_body_hu"] == 0)

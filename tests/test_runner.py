@@ -10,8 +10,9 @@ import yaml
 
 from deftmed.errors import ConfigError
 from deftmed.evaluation.protocol import Protocol
-from deftmed.evaluation.runner import (CSV_COLUMNS, METRIC_COLUMNS, MethodFactory, describe,
-                                       load_recons, read_rows, run_benchmark)
+from deftmed.evaluation.runner import (CSV_COLUMNS, METRIC_COLUMNS, OPTIONAL_METRICS,
+                                       MethodFactory, describe, load_recons, read_rows,
+                                       run_benchmark)
 from deftmed.methods.base import Reconstruction, Reconstructor
 from deftmed.methods.fbp import FBPReconstructor
 
@@ -111,7 +112,7 @@ def test_rows_summary_and_recons(tmp_path):
     fbp = s["methods"]["fbp"]
     assert fbp["n"] == 6 and fbp["settings_source"] == "default"
     assert fbp["settings"] == FakeFactory.DEFAULTS["fbp"]
-    assert set(fbp["metrics"]) == set(METRIC_COLUMNS)
+    assert set(fbp["metrics"]) == set(METRIC_COLUMNS) - set(OPTIONAL_METRICS)  # no metrics.hu
     p = fbp["metrics"]["psnr"]
     assert p["ci95"][0] < p["mean"] < p["ci95"][1]
     vals = [float(x["psnr"]) for x in rows if x["method"] == "fbp"]
@@ -227,6 +228,41 @@ def test_resume_refuses_other_settings_or_protocol(tmp_path):
     bench(proto, res2, methods=["fbp"], n=2, settings_override={"fbp": {"frequency_scaling": 0.5}})
     m = json.loads((res2 / "summary.json").read_text())["methods"]["fbp"]
     assert m["settings_source"] == "default+override" and m["settings"]["frequency_scaling"] == 0.5
+
+
+def test_replace_recomputes_only_that_method(tmp_path):
+    proto = tiny_protocol(tmp_path)
+    out = tmp_path / "res"
+    bench(proto, out, n=3, keep=2)
+    before = {(r["method"], r["index"]): r for r in read_rows(out)}
+    res = bench(proto, out, n=3, keep=2, replace=["fbp"],
+                settings_override={"fbp": {"frequency_scaling": 0.5}})
+    assert res.rows_written == 3 and res.rows_skipped == 3
+    after = {(r["method"], r["index"]): r for r in read_rows(out)}
+    assert len(after) == 6
+    assert all(after[("fake", i)] == before[("fake", i)] for i in range(3))
+    assert all(after[("fbp", i)]["settings_id"] != before[("fbp", i)]["settings_id"]
+               for i in range(3))
+    _, recons = load_recons(out)
+    assert recons["fbp"]["image"].shape[0] == 2
+    with pytest.raises(ConfigError, match="unknown method"):
+        bench(proto, out, n=3, replace=["nope"])
+
+
+def test_hu_metrics_rows_and_summary(tmp_path):
+    proto = tiny_protocol(tmp_path, dataset=dict(kind="anatomy", image_size=32, simulation_size=64),
+                          metrics=dict(data_range=1.0, hu={"window": [-1000, 1000]}))
+    out = tmp_path / "res"
+    bench(proto, out, methods=["fbp"], n=2)
+    rows = read_rows(out)
+    assert all(np.isfinite(float(r[c])) for r in rows for c in OPTIONAL_METRICS)
+    assert all(float(r["mae_body_hu"]) > 0 for r in rows)
+    s = json.loads((out / "summary.json").read_text())
+    assert set(OPTIONAL_METRICS) <= set(s["methods"]["fbp"]["metrics"])
+    with pytest.raises(ConfigError, match="metrics.hu.window"):
+        tiny_protocol(tmp_path / "b", metrics=dict(data_range=1.0, hu={"window": [10, -10]}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        tiny_protocol(tmp_path / "c", metrics=dict(data_range=1.0, hu={"windw": [0, 1]}))
 
 
 def test_describe_t_interval():

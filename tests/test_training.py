@@ -97,6 +97,24 @@ def test_cli_train_and_sample(tmp_path, capsys):
     assert not bad.exists()
     assert "error" in capsys.readouterr().err
 
+    # warm start on other data: architecture from --init, weights start from it, recorded
+    from deftmed.checkpoint import read_metadata
+    from deftmed.diffusion.prior import DiffusionPrior
+    warm = tmp_path / "warm"
+    assert main(["train-prior", "--data", "anatomy", "--image-size", "16", "--init",
+                 str(out / "prior.safetensors"), "--steps", "2", "--batch-size", "2",
+                 "--lr", "1e-12", "--warmup", "0", "--ema", "0", "--checkpoint-every", "2",
+                 "--sample-every", "0", "--out", str(warm), "--no-progress"]) == 0
+    a = DiffusionPrior.load(out / "prior.safetensors")
+    b = DiffusionPrior.load(warm / "prior.safetensors")
+    assert b.spec.unet == a.spec.unet and b.spec.data["kind"] == "anatomy"
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in
+               zip(a.unet.parameters(), b.unet.parameters()))
+    assert read_metadata(warm / "prior.safetensors")["training"]["init"] == a.fingerprint
+    assert main(["train-prior", "--image-size", "32", "--init", str(out / "prior.safetensors"),
+                 "--steps", "1", "--out", str(tmp_path / "w2"), "--no-progress"]) == 2
+    assert "--init prior is for 16x16" in capsys.readouterr().err
+
 
 def test_torchrun_two_process_cpu(tmp_path):
     out = tmp_path / "ddp"

@@ -54,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="sampling seed (default: the protocol's seeds.sampling)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--replace", type=_methods_arg, default=(),
+                   help="comma-separated methods whose earlier rows in the results folder are "
+                        "discarded and recomputed (e.g. after re-tuning them)")
     p.add_argument("--no-report", action="store_true", help="skip report.md / report.html")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_bench)
@@ -103,7 +106,7 @@ def run_bench(args) -> int:
         res = run_benchmark(proto, methods, args.n, out, device, dist, args.batch_size,
                             progress=not args.no_progress,
                             settings_override=overrides, keep=args.keep,
-                            sampling_seed=args.seed)
+                            sampling_seed=args.seed, replace=args.replace)
         if dist.is_main:
             import json
             summary = json.loads((out / "summary.json").read_text())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from deftmed.cli.common import add_training_args, run_training, train_config
+from deftmed.errors import ConfigError
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -23,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--prediction", default="v", choices=["epsilon", "v"],
                    help="network parametrisation (the prior is an epsilon model either way); "
                         "v is well conditioned at high noise levels")
+    p.add_argument("--init", default=None,
+                   help="warm start from this prior (path or shipped name): its architecture, "
+                        "schedule and parametrisation are kept and --channels etc. are ignored")
     add_training_args(p, steps=20000, lr=2e-4, warmup=200, checkpoint_every=500)
     p.add_argument("--sample-every", type=int, default=2000, help="sample grid PNG period (0: never)")
     p.add_argument("--out", required=True, help="output folder")
@@ -58,6 +64,14 @@ def run_train(args) -> int:
     device = pick_device(args.device)
     source = open_images(args.data, "train", args.image_size)
     intensity = phantom_intensity(args.data)
+    init = None
+    if args.init:
+        from deftmed.diffusion.prior import DiffusionPrior
+        from deftmed.shipped import resolve_checkpoint
+        init = DiffusionPrior.load(resolve_checkpoint(args.init))
+        if init.spec.image_size != args.image_size:
+            raise ConfigError(f"--init prior is for {init.spec.image_size}x{init.spec.image_size} "
+                              f"images but --image-size is {args.image_size}")
     spec = PriorSpec(unet=UNetConfig(channels=args.channels,
                                      attention_levels=tuple(bool(a) for a in args.attention_levels),
                                      num_res_blocks=args.num_res_blocks,
@@ -65,9 +79,11 @@ def run_train(args) -> int:
                                      num_head_channels=args.head_channels),
                      schedule=NoiseSchedule(), image_size=args.image_size, intensity=intensity,
                      data=source.description, prediction=args.prediction)
+    if init is not None:
+        spec = replace(init.spec, intensity=intensity, data=source.description)
     return run_training(
         lambda dist, command: train_prior(source, spec, train_config(args), args.out, device,
-                                          dist, args.resume, args.sample_every, command),
+                                          dist, args.resume, args.sample_every, command, init),
         "prior", device)
 
 

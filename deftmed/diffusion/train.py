@@ -58,14 +58,22 @@ def save_sample_grid(images: torch.Tensor, path: str | Path, title: str = "",
 
 def train_prior(source: ImageSource, spec: PriorSpec, cfg: TrainConfig, out_dir: str | Path,
                 device: torch.device, dist: DistInfo = DistInfo(), resume: bool = False,
-                sample_every: int = 0, command: str | None = None) -> Path:
-    """Train a prior on ``source``; writes ``out_dir/prior.safetensors`` (EMA weights)."""
+                sample_every: int = 0, command: str | None = None,
+                init: DiffusionPrior | None = None) -> Path:
+    """Train a prior on ``source``; writes ``out_dir/prior.safetensors`` (EMA weights).
+
+    ``init`` (a prior with ``spec``'s architecture) warm-starts the weights, e.g. to adapt a prior
+    trained on one kind of image to another; its fingerprint is recorded in the checkpoint.
+    """
     from deftmed.diffusion.ddim import sample_unconditional
 
     out_dir = Path(out_dir)
     prior = DiffusionPrior(spec).to(device)
     identity = {"spec": spec.to_dict(), "data": source.description, "seed": cfg.seed,
                 "batch_size": cfg.batch_size}
+    if init is not None:
+        prior.unet.load_state_dict(init.unet.state_dict())
+        identity["init"] = init.fingerprint
     trainer = Trainer(prior.unet, cfg, out_dir, dist, device,
                       run_info={"identity": identity, "command": command})
 
@@ -77,7 +85,8 @@ def train_prior(source: ImageSource, spec: PriorSpec, cfg: TrainConfig, out_dir:
         snapshot.save(out_dir / "prior.safetensors",
                       {"training": {"step": step, "config": vars(cfg), "command": command,
                                     "wall_seconds": round(trainer.wall_seconds, 1),
-                                    "world_size": dist.world_size, "data": source.description}})
+                                    "world_size": dist.world_size, "data": source.description,
+                                    "init": identity.get("init")}})
 
     def on_checkpoint(ema_unet, step):
         if not sample_every or step % sample_every and step != cfg.steps:

@@ -24,7 +24,16 @@ Metric conventions (deftmed)
   valid region (the 3-pixel border is excluded); multi-channel images average the channels.
   Same two data-range conventions as PSNR.
 - Data misfit = ||A x - y||_2 / ||y||_2 per measurement (relative residual of the sinogram).
+- HU metrics (protocols with `metrics.hu`, e.g. anatomy64-sv20): both images are converted to
+  Hounsfield units with the dataset's intensity transform. psnr_hu / ssim_hu: both clipped to
+  the display window (default [-1000, 1000] HU), R = the window width. psnr_soft: the same in
+  the soft-tissue window W400/L40 ([-160, 240] HU, R = 400). mae_body_hu: mean absolute error
+  in HU over the body (ground truth above -500 HU).
 """
+
+#: the windows and body threshold of the HU metrics (overridable per protocol)
+HU_DEFAULTS = {"window": (-1000.0, 1000.0), "soft_tissue": (-160.0, 240.0),
+               "body_threshold": -500.0}
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
@@ -195,4 +204,33 @@ def compute_metrics(x, gt, *, mask=None, ax=None, y=None) -> dict[str, Any]:
     return out
 
 
-__all__ = ["psnr", "ssim", "data_misfit", "compute_metrics", "METRIC_CONVENTIONS"]
+def hu_metrics(x, gt, intensity, window=HU_DEFAULTS["window"],
+               soft_tissue=HU_DEFAULTS["soft_tissue"],
+               body_threshold: float = HU_DEFAULTS["body_threshold"]) -> dict[str, np.ndarray]:
+    """Per-image metrics in Hounsfield units (see :data:`METRIC_CONVENTIONS`).
+
+    ``x`` and ``gt`` are in model units; ``intensity`` is the dataset's
+    :class:`~deftmed.data.intensity.IntensityTransform`. Returns ``psnr_hu``, ``ssim_hu``,
+    ``psnr_soft`` and ``mae_body_hu`` arrays of one value per image.
+    """
+    x, gt = _pair(x, gt)
+    hx, hg = intensity.to_hu(x), intensity.to_hu(gt)
+    out = {}
+    for name, (lo, hi) in (("hu", window), ("soft", soft_tissue)):
+        lo, hi = float(lo), float(hi)
+        if not hi > lo:
+            raise ConfigError(f"HU window [{lo}, {hi}] is empty")
+        cx, cg = np.clip(hx, lo, hi) - lo, np.clip(hg, lo, hi) - lo
+        out[f"psnr_{name}"] = psnr(cx, cg, hi - lo)
+        if name == "hu":
+            out["ssim_hu"] = ssim(cx, cg, hi - lo)
+    body = hg > body_threshold
+    err = np.abs(hx - hg) * body
+    n = body.reshape(body.shape[0], -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["mae_body_hu"] = np.where(n > 0, err.reshape(err.shape[0], -1).sum(axis=1) / n, np.nan)
+    return out
+
+
+__all__ = ["psnr", "ssim", "data_misfit", "compute_metrics", "hu_metrics", "METRIC_CONVENTIONS",
+           "HU_DEFAULTS"]

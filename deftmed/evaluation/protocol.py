@@ -90,8 +90,10 @@ class Protocol:
             raise ConfigError(f"{where}: seeds.noise is required")
         if "data_range" not in d["metrics"]:
             raise ConfigError(f"{where}: metrics.data_range is required")
-        return cls(d["name"], d["description"], ds, str(d["geometry"]), d["noise"], d["splits"],
+        proto = cls(d["name"], d["description"], ds, str(d["geometry"]), d["noise"], d["splits"],
                    d["metrics"], d["seeds"], d.get("runs_on", "cpu"), d.get("weights", {}), path)
+        proto.hu_metric_settings()  # validates metrics.hu
+        return proto
 
     # --- resolved parts --------------------------------------------------------------------
     def geometry(self):
@@ -102,6 +104,47 @@ class Protocol:
     def noise(self):
         from deftmed.physics.noise import load_noise
         return load_noise(self.noise_spec)
+
+    def hu_metric_settings(self) -> tuple | None:
+        """``(IntensityTransform, kwargs of hu_metrics)`` when ``metrics.hu`` is declared.
+
+        ``metrics.hu`` may be ``true`` or a mapping with ``window``, ``soft_tissue`` (each
+        ``[lo, hi]`` in HU), ``body_threshold`` (HU) and ``intensity`` (an intensity-transform
+        mapping; default: the dataset kind's declared transform).
+        """
+        from deftmed.evaluation.metrics import HU_DEFAULTS
+
+        cfg = self.metrics.get("hu")
+        if not cfg:
+            return None
+        where = f"protocol {self.name}: metrics.hu"
+        cfg = {} if cfg is True else cfg
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{where} must be true or a mapping")
+        unknown = sorted(set(cfg) - set(HU_DEFAULTS) - {"intensity"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}")
+        from deftmed.data.intensity import LODOPAB, IntensityTransform
+        if "intensity" in cfg:
+            intensity = IntensityTransform.from_dict(cfg["intensity"])
+        else:
+            from deftmed.data.datasets import phantom_intensity
+            d = phantom_intensity(self.dataset["kind"]) if self.dataset["kind"] in (
+                "ellipses", "anatomy") else (LODOPAB.to_dict() if self.dataset["kind"] == "lodopab"
+                                             else None)
+            if d is None:
+                raise ConfigError(f"{where}: dataset kind {self.dataset['kind']!r} declares no "
+                                  "intensity transform; give metrics.hu.intensity")
+            intensity = IntensityTransform.from_dict(d)
+        kwargs = {}
+        for key, default in HU_DEFAULTS.items():
+            v = cfg.get(key, default)
+            ok = (isinstance(v, (list, tuple)) and len(v) == 2 and v[1] > v[0]) \
+                if isinstance(default, tuple) else isinstance(v, (int, float))
+            if not ok:
+                raise ConfigError(f"{where}.{key}: invalid value {v!r}")
+            kwargs[key] = tuple(float(a) for a in v) if isinstance(default, tuple) else float(v)
+        return intensity, kwargs
 
     @property
     def image_size(self) -> int:

@@ -24,7 +24,11 @@ from deftmed.fileio import atomic_path
 #: (column, label, decimals) of the summary table
 TABLE_METRICS = (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("psnr_image", "PSNR img-range (dB)", 2),
                  ("ssim_image", "SSIM img-range", 4), ("data_misfit", "misfit", 4),
-                 ("seconds", "s / image", 3), ("nfe", "NFE", 0), ("peak_memory_mb", "peak MiB", 0))
+                 ("seconds", "s / image", 3), ("nfe", "NFE", 0), ("peak_memory_mb", "peak MiB", 0),
+                 ("psnr_hu", "PSNR HU (dB)", 2), ("ssim_hu", "SSIM HU", 4),
+                 ("psnr_soft", "PSNR soft tissue (dB)", 2), ("mae_body_hu", "MAE body (HU)", 1))
+WITH_CI = ("psnr", "ssim", "psnr_image", "ssim_image", "psnr_hu", "ssim_hu", "psnr_soft",
+           "mae_body_hu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +209,7 @@ def _num(v, dec: int) -> str:
 
 
 def _cell(stats: dict, dec: int, with_ci: bool = True) -> str:
-    if stats["mean"] is None:
+    if stats.get("mean") is None:
         return "n/a"
     s = f"{_num(stats['mean'], dec)} ± {_num(stats['std'], dec)}"
     if with_ci:
@@ -232,13 +236,14 @@ def flags(summary: dict) -> list[str]:
 
 
 def _rows_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "n"] + [lab for _, lab, _ in TABLE_METRICS] + ["PSNR (common)"]
+    cols = [c for c in TABLE_METRICS
+            if any(c[0] in e["metrics"] for e in summary["methods"].values())]
+    head = ["method", "n"] + [lab for _, lab, _ in cols] + ["PSNR (common)"]
     body = []
     for m, e in summary["methods"].items():
         row = [m, str(e["n"])]
-        for key, _, dec in TABLE_METRICS:
-            row.append(_cell(e["metrics"][key], dec, with_ci=key in ("psnr", "ssim", "psnr_image",
-                                                                     "ssim_image")))
+        for key, _, dec in cols:
+            row.append(_cell(e["metrics"].get(key, {}), dec, with_ci=key in WITH_CI))
         row.append(_num(e.get("psnr_common"), 2))
         body.append(row)
     return head, body

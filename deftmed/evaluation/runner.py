@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 
 #: per-image metrics, in the order of the CSV and of summary.json
 METRIC_COLUMNS = ("psnr", "ssim", "psnr_image", "ssim_image", "data_misfit", "seconds", "nfe",
-                  "peak_memory_mb")
+                  "peak_memory_mb", "psnr_hu", "ssim_hu", "psnr_soft", "mae_body_hu")
+#: columns filled only under protocols that declare them (``metrics.hu``); empty otherwise
+OPTIONAL_METRICS = ("psnr_hu", "ssim_hu", "psnr_soft", "mae_body_hu")
 #: every column of per_image.csv (provenance is repeated on each row so that a row read on its
 #: own still says what produced it)
 CSV_COLUMNS = ("method", "index") + METRIC_COLUMNS + (
@@ -220,6 +222,21 @@ def _parse_rows(path: Path) -> list[dict]:
     return rows
 
 
+def discard_method(out_dir, method: str) -> int:
+    """Delete every row and saved reconstruction of ``method`` from a results folder (e.g. after
+    re-tuning it, so the runner recomputes it); returns the number of rows removed."""
+    out_dir = Path(out_dir)
+    rows = read_rows(out_dir)
+    keep = [r for r in rows if r["method"] != method]
+    if len(keep) != len(rows) or (out_dir / PER_IMAGE).is_file():
+        _write_csv(out_dir / PER_IMAGE, keep)
+    for f in sorted(out_dir.glob("per_image.rank*.csv")):
+        f.unlink()
+    for f in list((out_dir / "recon").glob(f"{method}_*.npy")) + [out_dir / f"recon_{method}.npz"]:
+        f.unlink(missing_ok=True)
+    return len(rows) - len(keep)
+
+
 def read_rows(out_dir) -> list[dict]:
     """All finished rows of a results folder (merged file and any rank files), without
     duplicate (method, index) pairs (the first occurrence wins)."""
@@ -355,7 +372,7 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
                   batch_size: int = 8, progress: bool = False,
                   settings_override: dict | None = None, *, factory: MethodFactory | None = None,
                   tuned_dir=None, keep: int = 4, sampling_seed: int | None = None,
-                  summarise_results: bool = True,
+                  summarise_results: bool = True, replace: Sequence[str] = (),
                   on_batch: Callable[[str, list[int]], None] | None = None) -> BenchmarkResult:
     """Run ``methods`` on the first ``n`` test images of ``protocol``; see the module notes.
 
@@ -373,6 +390,8 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
         keep: how many of the first test images have their reconstructions saved for figures.
         sampling_seed: overrides ``seeds.sampling`` of the protocol (recorded).
         summarise_results: write ``summary.json`` at the end (main process).
+        replace: methods whose earlier rows in ``out_dir`` are discarded first (they are
+            recomputed, e.g. with a new tuned file) instead of refusing the mixed settings.
         on_batch: called as ``on_batch(method, indices)`` after each batch's rows are written
             (tests use it to simulate a kill).
     """
@@ -380,7 +399,7 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
 
     from deftmed.checkpoint import provenance
     from deftmed.distributed import DistInfo, barrier, pick_device
-    from deftmed.evaluation.metrics import data_misfit, psnr, ssim
+    from deftmed.evaluation.metrics import data_misfit, hu_metrics, psnr, ssim
     from deftmed.evaluation.protocol import Protocol
 
     if not isinstance(protocol, Protocol):
@@ -398,6 +417,7 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
     out_dir = Path(out_dir)
 
     phash = protocol.hash()
+    hu = protocol.hu_metric_settings()
     prov = provenance()
     seed = int(protocol.seeds.get("sampling", 0) if sampling_seed is None else sampling_seed)
     noise_seed = int(protocol.seeds["noise"])
@@ -414,6 +434,10 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
     (out_dir / "recon").mkdir(exist_ok=True)
 
     # resume: what is done, and is it compatible with this run?
+    if dist.is_main:
+        for m in check_methods(list(replace), factory) if replace else ():
+            discard_method(out_dir, m)
+    barrier(dist)
     existing = read_rows(out_dir)
     done: dict[str, set[int]] = {}
     for row in existing:
@@ -500,6 +524,8 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
                     "ssim_image": ssim(xs, gts, "image"),
                     "data_misfit": data_misfit(ax, y),
                 }
+                if hu is not None:
+                    metrics.update(hu_metrics(xs, gts, hu[0], **hu[1]))
                 mem, mem_kind = peak_memory_mb(device)
                 # figures: the first `keep` images, saved before their rows are written
                 for k, i in enumerate(idx):
@@ -598,7 +624,7 @@ def describe(values) -> dict:
     values only; ``n_nonfinite`` counts the others)."""
     from scipy import stats
 
-    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    v = np.asarray([np.nan if x in ("", None) else float(x) for x in values], dtype=np.float64)
     finite = v[np.isfinite(v)]
     out = {"n": int(finite.size), "n_nonfinite": int(v.size - finite.size)}
     if finite.size == 0:
@@ -645,7 +671,8 @@ def summarise(out_dir) -> dict:
                  "settings_source": info.get("settings_source"),
                  "settings_id": info.get("settings_id"),
                  "memory_kind": rs[0].get("memory_kind") if rs else None,
-                 "metrics": {c: describe(r[c] for r in rs) for c in METRIC_COLUMNS}}
+                 "metrics": {c: describe(r[c] for r in rs) for c in METRIC_COLUMNS
+                             if c not in OPTIONAL_METRICS or any(r.get(c) for r in rs)}}
         entry["psnr_common"] = describe(r["psnr"] for r in rs if r["index"] in common)["mean"]
         methods[m] = entry
     n_req = int(run.get("n", 0))
