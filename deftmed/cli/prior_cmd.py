@@ -72,7 +72,11 @@ def run_train(args) -> int:
         if init.spec.image_size != args.image_size:
             raise ConfigError(f"--init prior is for {init.spec.image_size}x{init.spec.image_size} "
                               f"images but --image-size is {args.image_size}")
-    spec = PriorSpec(unet=UNetConfig(channels=args.channels,
+        if init.spec.unet.in_channels != source.channels:
+            raise ConfigError(f"--init prior has {init.spec.unet.in_channels} channel(s) but the "
+                              f"data have {source.channels}")
+    spec = PriorSpec(unet=UNetConfig(in_channels=source.channels, out_channels=source.channels,
+                                     channels=args.channels,
                                      attention_levels=tuple(bool(a) for a in args.attention_levels),
                                      num_res_blocks=args.num_res_blocks,
                                      norm_num_groups=args.norm_groups,

@@ -17,14 +17,16 @@ import torch
 from deftmed.errors import ConfigError, DataFormatError, InvalidValueError
 
 log = logging.getLogger(__name__)
-PHANTOM_KINDS = ("ellipses", "anatomy")
+PHANTOM_KINDS = ("ellipses", "anatomy", "natural")  # generated on demand, any split
 
 
 class ImageSource:
-    """Base class: ``get(indices, size=None) -> (n, H, W) float32`` in the model range."""
+    """Base class: ``get(indices, size=None) -> (n, H, W)`` (or ``(n, C, H, W)`` for
+    ``channels > 1``) float32 in the model range."""
 
     image_size: int
     description: dict
+    channels: int = 1
 
     def __len__(self) -> int:  # pragma: no cover - interface
         raise NotImplementedError
@@ -33,8 +35,9 @@ class ImageSource:
         raise NotImplementedError
 
     def tensor(self, indices, size: int | None = None, device="cpu") -> torch.Tensor:
-        """Images as a ``(n, 1, H, W)`` float32 tensor."""
-        return torch.from_numpy(self.get(indices, size)).unsqueeze(1).to(device)
+        """Images as a ``(n, C, H, W)`` float32 tensor."""
+        arr = torch.from_numpy(self.get(indices, size))
+        return (arr.unsqueeze(1) if arr.ndim == 3 else arr).to(device)
 
 
 class PhantomSource(ImageSource):
@@ -45,6 +48,7 @@ class PhantomSource(ImageSource):
         if kind not in PHANTOM_KINDS:
             raise ConfigError(f"unknown phantom kind {kind!r}; use one of {PHANTOM_KINDS}")
         self.kind, self.image_size, self.split, self.length = kind, int(image_size), split, int(length)
+        self.channels = 3 if kind == "natural" else 1
         self._cache: dict[tuple[int, int], np.ndarray] = {} if cache else None
         self.description = {"source": "phantom", "kind": kind, "split": split,
                             "image_size": self.image_size, "length": self.length}
@@ -53,6 +57,9 @@ class PhantomSource(ImageSource):
         return self.length
 
     def _render(self, index: int, size: int) -> np.ndarray:
+        if self.kind == "natural":
+            from deftmed.data.natural import natural_crop
+            return natural_crop(self.split, index, size)
         if self.kind == "ellipses":
             from deftmed.data.phantoms import EllipseParams, render_ellipses, split_seed
             return render_ellipses(EllipseParams.random(split_seed(self.split, index)), size)
@@ -73,7 +80,10 @@ class PhantomSource(ImageSource):
                 if self._cache is not None:
                     self._cache[key] = img
             out.append(img)
-        return np.stack(out) if out else np.zeros((0, size, size), np.float32)
+        if not out:
+            return np.zeros((0,) + ((self.channels,) if self.channels > 1 else ()) + (size, size),
+                            np.float32)
+        return np.stack(out)
 
 
 class ArraySource(ImageSource):

@@ -33,6 +33,7 @@ def save_sample_grid(images: torch.Tensor, path: str | Path, title: str = "",
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from deftmed.display import show
     from deftmed.fileio import atomic_path
 
     panels = [("samples", images)] + ([("data", reference)] if reference is not None else [])
@@ -46,7 +47,7 @@ def save_sample_grid(images: torch.Tensor, path: str | Path, title: str = "",
             ax = axes[k // cols, p * cols + k % cols]
             ax.axis("off")
             if k < imgs.shape[0]:
-                ax.imshow(imgs[k, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+                show(ax, imgs[k])
             if k == 0:
                 ax.set_title(name, fontsize=8)
     fig.suptitle(title, fontsize=9)
