@@ -107,7 +107,7 @@ def test_finetuned_deft_beats_fbp(prior, trained):
                                                     prior.parameter_count())
     assert meta["validation"] and meta["validation"][-1]["step"] == 400
     source = open_images("ellipses", "test", 32)
-    x, y = PairSimulator(source, op, noise).pairs(np.arange(8),
+    x, y, _ = PairSimulator(source, op, noise).pairs(np.arange(8),
                                                   torch.Generator().manual_seed(1), "cpu")
     # posterior mean of 4 stochastic (eta = 1) samples, 10 DDIM steps each
     deft = DEFTReconstructor(prior, model, steps=10, eta=1.0, samples=4)

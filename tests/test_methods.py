@@ -153,8 +153,9 @@ def test_tv_batch_equals_single_items(problem):
 
 
 def test_registry_defaults_and_grids():
-    assert set(METHODS) == {"fbp", "tv", "dps", "reddiff", "dds", "deft", "deft-mean"}
-    for name in METHODS:
+    assert set(METHODS) == {"fbp", "direct", "tv", "dps", "reddiff", "dds", "ddrm", "deft",
+                            "deft-mean"}
+    for name in set(METHODS) - {"direct"}:  # direct has no hyper-parameters
         defaults, grid = default_settings(name), search_space(name)
         assert grid and set(grid) <= set(defaults), name
         assert all(len(v) >= 2 for v in grid.values()), name

@@ -17,13 +17,13 @@ torch.set_num_threads(1)
 def test_tune_writes_file_that_the_runner_uses(tmp_path, monkeypatch):
     proto = tiny_protocol(tmp_path)
     splits = []
-    real = type(proto).simulate
+    real = type(proto).measure
 
     def spy(self, split, *a, **k):
         splits.append(split)
         return real(self, split, *a, **k)
 
-    monkeypatch.setattr(type(proto), "simulate", spy)
+    monkeypatch.setattr(type(proto), "measure", spy)
     rec = tune(proto, "fake", budget=10, n_val=4, device="cpu", factory=FakeFactory())
     assert set(splits) == {"validation"}  # never the test split
     path = tuned_path(proto, "fake")

@@ -5,23 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def load_noise_arg(text: str):
-    """A noise model from a YAML file path or an inline YAML mapping."""
+def load_mapping_arg(text: str, option: str, example: str = "{type: ...}") -> dict:
+    """A mapping from a YAML file path or an inline YAML mapping (a CLI option's value)."""
     import yaml
 
     from deftmed.errors import ConfigError
-    from deftmed.physics.noise import load_noise
 
-    if Path(text).is_file():
-        return load_noise(Path(text))
     try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError:
+        spec = yaml.safe_load(Path(text).read_text() if Path(text).is_file() else text)
+    except (yaml.YAMLError, OSError):
         spec = None
     if not isinstance(spec, dict):
-        raise ConfigError(f"--noise {text!r} is neither a file nor a mapping like "
-                          "'{type: gaussian, relative: 0.025}'")
-    return load_noise(spec)
+        raise ConfigError(f"{option} {text!r} is neither a YAML file nor a mapping like "
+                          f"'{example}'")
+    return spec
+
+
+def load_noise_arg(text: str):
+    """A noise model from a YAML file path or an inline YAML mapping."""
+    from deftmed.physics.noise import load_noise
+
+    return load_noise(load_mapping_arg(text, "--noise", "{type: gaussian, relative: 0.025}"))
 
 
 def add_training_args(p, steps: int, lr: float, warmup: int, checkpoint_every: int) -> None:

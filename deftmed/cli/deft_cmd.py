@@ -15,10 +15,14 @@ def register(sub) -> None:
     p.add_argument("--protocol", default=None,
                    help="take geometry, noise, data and simulation grid from a protocol")
     p.add_argument("--geometry", default=None, help="scanner geometry YAML")
+    p.add_argument("--operator", default=None,
+                   help="image task instead of CT: operator YAML file or inline mapping, e.g. "
+                        "'{type: super_resolution, factor: 4}'")
     p.add_argument("--noise", default=None,
                    help="noise YAML file, or an inline mapping like '{type: gaussian, relative: 0.025}'")
     p.add_argument("--data", default="ellipses",
-                   help="training images: 'ellipses', 'anatomy', or a file/folder of images in [0,1]")
+                   help="training images: 'ellipses', 'anatomy', 'natural', or a file/folder of "
+                        "images in [0,1]")
     p.add_argument("--val-data", default=None,
                    help="validation images (default: the validation split of a phantom --data)")
     p.add_argument("--sim-size", type=int, default=None,
@@ -64,34 +68,51 @@ def run_finetune(args) -> int:
     from deftmed.errors import ConfigError
     from deftmed.fileio import check_writable
     from deftmed.physics.geometry import ScanGeometry
-    from deftmed.cli.common import load_noise_arg
+    from deftmed.cli.common import load_mapping_arg, load_noise_arg
     from deftmed.physics.raytransform import RayTransform
     from deftmed.shipped import resolve_checkpoint
 
     check_writable(args.out)
+    geometry = operator = None
     if args.protocol:
         from deftmed.evaluation.protocol import Protocol
-        if args.geometry or args.noise:
-            raise ConfigError("give either --protocol or --geometry/--noise, not both")
+        if args.geometry or args.noise or args.operator:
+            raise ConfigError("give either --protocol or --geometry/--operator and --noise")
         proto = Protocol.load(args.protocol)
-        geometry, noise = proto.geometry(), proto.noise()
+        noise = proto.noise()
+        if proto.is_ct:
+            geometry = proto.geometry()
+        else:
+            operator = proto.operators()[0]
         args.data = proto.dataset["kind"] if proto.dataset["kind"] in PHANTOM_KINDS else args.data
         args.sim_size = args.sim_size or proto.simulation_size
     else:
-        if not (args.geometry and args.noise):
-            raise ConfigError("finetune needs --geometry and --noise (or --protocol)")
-        geometry, noise = ScanGeometry.from_yaml(args.geometry), load_noise_arg(args.noise)
+        if not ((args.geometry or args.operator) and args.noise):
+            raise ConfigError("finetune needs --geometry (CT) or --operator (image task), and "
+                              "--noise; or --protocol")
+        if args.geometry and args.operator:
+            raise ConfigError("give --geometry (CT) or --operator (image task), not both")
+        noise = load_noise_arg(args.noise)
+        if args.geometry:
+            geometry = ScanGeometry.from_yaml(args.geometry)
+        else:
+            from deftmed.physics.imaging import build_operator
+            operator = build_operator(load_mapping_arg(args.operator, "--operator"))
     device = pick_device(args.device)
     prior = DiffusionPrior.load(resolve_checkpoint(args.prior), device)
-    if geometry.shape[0] != prior.spec.image_size:
-        raise ConfigError(f"geometry image size {geometry.shape[0]} differs from the prior's "
-                          f"{prior.spec.image_size}; write the geometry for the prior's grid")
-    op = RayTransform(geometry)
     sim_op = None
-    if args.sim_size and args.sim_size != geometry.shape[0]:
-        if args.data not in PHANTOM_KINDS:
-            raise ConfigError("--sim-size needs phantom data (images rendered at any resolution)")
-        sim_op = RayTransform(geometry.scaled(args.sim_size))
+    if geometry is not None:
+        if geometry.shape[0] != prior.spec.image_size:
+            raise ConfigError(f"geometry image size {geometry.shape[0]} differs from the prior's "
+                              f"{prior.spec.image_size}; write the geometry for the prior's grid")
+        op = RayTransform(geometry)
+        if args.sim_size and args.sim_size != geometry.shape[0]:
+            if args.data not in PHANTOM_KINDS:
+                raise ConfigError("--sim-size needs phantom data (images rendered at any "
+                                  "resolution)")
+            sim_op = RayTransform(geometry.scaled(args.sim_size))
+    else:
+        op = operator
     source = open_images(args.data, "train", prior.spec.image_size)
     val_spec = args.val_data or (args.data if args.data in PHANTOM_KINDS else None)
     val = open_images(val_spec, "validation", prior.spec.image_size) if val_spec else None
@@ -112,7 +133,7 @@ def run_reconstruct(args) -> int:
     from deftmed.errors import ConfigError
     from deftmed.methods.base import reconstruct_in_batches
     from deftmed.physics.geometry import ScanGeometry
-    from deftmed.cli.common import load_noise_arg
+    from deftmed.cli.common import load_mapping_arg, load_noise_arg
     from deftmed.physics.raytransform import RayTransform
 
     check_output(args.out)

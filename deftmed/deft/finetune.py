@@ -9,17 +9,19 @@ ever flows through the prior (it has ``requires_grad=False`` and is only called 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from deftmed.data.datasets import ImageSource
-from deftmed.deft.guidance import Guidance
+from deftmed.deft.guidance import Guidance, condition_channels
 from deftmed.deft.hnet import HNetConfig, HTransform
 from deftmed.deft.model import DeftBinding, DeftModel
 from deftmed.deft.sampler import deft_sample
 from deftmed.distributed import DistInfo
+from deftmed.physics import is_ct
 from deftmed.training import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -32,18 +34,29 @@ class PairSimulator:
     are simulated from the images rendered on that grid: no "inverse crime".
     """
 
-    def __init__(self, source: ImageSource, op, noise, sim_op=None):
+    def __init__(self, source: ImageSource, op, noise, sim_op=None, image_size: int | None = None):
         self.source, self.op, self.noise, self.sim_op = source, op, noise, sim_op
+        self.image_size = int(image_size or getattr(op, "image_shape", (source.image_size,))[0])
 
-    def clean_sinograms(self, indices, device) -> torch.Tensor:
-        if self.sim_op is None:
-            return self.op(self.source.tensor(indices, self.op.image_shape[0], device))
-        return self.sim_op(self.source.tensor(indices, self.sim_op.image_shape[0], device))
+    def operator_for(self, n: int, generator: torch.Generator | None):
+        """The operator of a batch of ``n``: ``op``, or a random member of an operator family
+        (a fresh inpainting mask per image, drawn from ``generator``)."""
+        if not hasattr(self.op, "sample"):
+            return self.op
+        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+        return self.op.sample(n, seed)  # an image operator on the CPU
 
     def pairs(self, indices, generator: torch.Generator | None, device):
-        x0 = self.source.tensor(indices, self.op.image_shape[0], device)
-        y = self.noise.sample(self.clean_sinograms(indices, device), generator)
-        return x0, y
+        """``(x0, y, op)``: clean images, simulated measurements and the batch's operator."""
+        x0 = self.source.tensor(indices, self.image_size, device)
+        op = self.operator_for(len(x0), generator)
+        if not is_ct(op):
+            op = op.to(device)
+        if self.sim_op is None:
+            clean = op(x0)
+        else:
+            clean = self.sim_op(self.source.tensor(indices, self.sim_op.image_shape[0], device))
+        return x0, self.noise.sample(clean, generator), op
 
 
 def h_inputs(prior, guidance: Guidance, hcfg: HNetConfig, z_t, t, y):
@@ -53,7 +66,8 @@ def h_inputs(prior, guidance: Guidance, hcfg: HNetConfig, z_t, t, y):
         x0 = prior.tweedie(z_t, t, e_u)
         g = guidance(prior.to_image(x0), y) if (hcfg.guidance_path or "g" in hcfg.inputs) else None
         aty = guidance.measurement_image(y) if "aty" in hcfg.inputs else None
-    return e_u, x0, g, aty
+        cond = guidance.condition(y) if hcfg.cond_channels else None
+    return e_u, x0, g, aty, cond
 
 
 def calibrate_guidance_scale(prior, guidance: Guidance, sim: PairSimulator, n: int, seed: int,
@@ -68,11 +82,11 @@ def calibrate_guidance_scale(prior, guidance: Guidance, sim: PairSimulator, n: i
     """
     gen = torch.Generator().manual_seed(seed + 7919)
     idx = torch.randint(len(sim.source), (n,), generator=gen).numpy()
-    x0, y = sim.pairs(idx, gen, device)
+    x0, y, op = sim.pairs(idx, gen, device)
     t = torch.randint(prior.num_timesteps, (n,), generator=gen).to(device)
     z0 = prior.to_diffusion(x0)
     z_t = prior.schedule.q_sample(z0, t, torch.randn(x0.shape, generator=gen).to(device))
-    raw = Guidance(guidance.op, guidance.noise, guidance.backprojection, guidance.filter_type,
+    raw = Guidance(op, guidance.noise, guidance.backprojection, guidance.filter_type,
                    guidance.frequency_scaling, 1.0)
     with torch.no_grad():
         x0hat = prior.tweedie(z_t, t)
@@ -87,16 +101,17 @@ def calibrate_guidance_scale(prior, guidance: Guidance, sim: PairSimulator, n: i
 
 def deft_loss(hnet, prior, guidance, hcfg, sim: PairSimulator, generator, batch, device):
     idx = torch.randint(len(sim.source), (batch,), generator=generator).numpy()
-    x0, y = sim.pairs(idx, generator, device)
+    x0, y, op = sim.pairs(idx, generator, device)
     t = torch.randint(prior.num_timesteps, (batch,), generator=generator).to(device)
     eps = torch.randn(x0.shape, generator=generator).to(device)
     z_t = prior.schedule.q_sample(prior.to_diffusion(x0), t, eps)
-    e_u, x0hat, g, aty = h_inputs(prior, guidance, hcfg, z_t, t, y)
-    h = hnet(z_t, t, x0hat, g, aty, prior.alphas_cumprod[t])
+    e_u, x0hat, g, aty, cond = h_inputs(prior, guidance.for_operator(op), hcfg, z_t, t, y)
+    h = hnet(z_t, t, x0hat, g, aty, prior.alphas_cumprod[t], cond)
     return torch.nn.functional.mse_loss(e_u + h, eps)
 
 
 def validation_psnr(prior, hnet, guidance, val_x, val_y, steps: int, seed: int) -> float:
+    """Mean PSNR of DEFT samples (eta 0) on a validation batch; ``guidance`` holds its operator."""
     from deftmed.evaluation.metrics import psnr
 
     gen = torch.Generator().manual_seed(seed)
@@ -117,11 +132,18 @@ def finetune(prior, op, noise, source: ImageSource, hcfg: HNetConfig, cfg: Train
     guidance = Guidance(op, noise, settings.get("backprojection", "fbp"),
                         settings.get("filter_type", "Hann"),
                         float(settings.get("frequency_scaling", 1.0)))
-    sim = PairSimulator(source, op, noise, sim_op)
+    image_size = prior.spec.image_size
+    sim = PairSimulator(source, op, noise, sim_op, image_size)
     guidance.scale = calibrate_guidance_scale(prior, guidance, sim, 32, cfg.seed, device)
+    channels = prior.spec.unet.in_channels
+    hcfg = replace(hcfg, image_channels=channels, cond_channels=condition_channels(op, channels))
     hnet = HTransform(hcfg).to(device)
-    binding = DeftBinding(prior.fingerprint, prior.parameter_count(), op.geometry.to_dict(),
-                          noise.to_dict(), guidance.settings())
+    if is_ct(op):
+        binding = DeftBinding(prior.fingerprint, prior.parameter_count(), op.geometry.to_dict(),
+                              noise.to_dict(), guidance.settings())
+    else:
+        binding = DeftBinding(prior.fingerprint, prior.parameter_count(), {}, noise.to_dict(),
+                              guidance.settings(), op.to_dict())
     identity = {"binding": vars(binding), "hnet": hcfg.to_dict(), "data": source.description,
                 "seed": cfg.seed, "batch_size": cfg.batch_size}
     trainer = Trainer(hnet, cfg, work, dist, device, run_info={"identity": identity,
@@ -134,7 +156,7 @@ def finetune(prior, op, noise, source: ImageSource, hcfg: HNetConfig, cfg: Train
             curve = []
     val = None
     if val_source is not None and val_every > 0 and dist.is_main:
-        vsim = PairSimulator(val_source, op, noise, sim_op)
+        vsim = PairSimulator(val_source, op, noise, sim_op, image_size)
         val = vsim.pairs(np.arange(val_n), torch.Generator().manual_seed(cfg.seed + 1), device)
 
     def loss_fn(model, step, gen, batch):
@@ -145,7 +167,8 @@ def finetune(prior, op, noise, source: ImageSource, hcfg: HNetConfig, cfg: Train
         curve = [c for c in curve if c["step"] < step]
         if val is None or (step % val_every and step != cfg.steps):
             return None
-        value = validation_psnr(prior, ema, guidance, val[0], val[1], val_steps, cfg.seed)
+        value = validation_psnr(prior, ema, guidance.for_operator(val[2]), val[0], val[1],
+                                val_steps, cfg.seed)
         curve.append({"step": step, "psnr": round(value, 3)})
         log.info("step %d: validation PSNR %.2f dB", step, value)
         return {"val_psnr": round(value, 3)}

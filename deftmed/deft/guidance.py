@@ -22,15 +22,23 @@ correction in model units for every scan.
 
 ``kappa`` is a fixed scale chosen once when fine-tuning starts (the least-squares step, see
 ``deft.finetune.calibrate_guidance_scale``) and stored in the checkpoint.
+
+Image operators (natural-image tasks, Gaussian noise): ``r = y - A x0hat`` and ``B`` is the
+operator's guidance back-projection (``backprojection="fbp"``, the default: the mask for
+inpainting, the pseudo-inverse for super-resolution, the adjoint for blur, the Jacobian
+transpose at ``x0hat`` for the non-linear operators) or its exact Jacobian transpose
+(``"adjoint"``). ``condition(y)`` gives the h-network's extra input channels, once per
+measurement: the mask for inpainting, the HIO/ER estimate for phase retrieval.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from deftmed.errors import ConfigError
+from deftmed.physics import is_ct
 from deftmed.physics.noise import GaussianNoise, NoiseModel, PoissonNoise
 
 BACKPROJECTIONS = ("fbp", "adjoint")
@@ -65,18 +73,34 @@ class Guidance:
             raise ConfigError(f"unknown back-projection {self.backprojection!r}; "
                               f"use one of {BACKPROJECTIONS}")
 
-    def back(self, sino: torch.Tensor) -> torch.Tensor:
+    def back(self, sino: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        if not is_ct(self.op):
+            if self.backprojection == "fbp":
+                return self.op.guidance_backprojection(sino, x)
+            return self.op.adjoint(sino) if self.op.linear else self.op.vjp(x, sino)
         if self.backprojection == "fbp":
             return self.op.fbp(sino, self.filter_type, self.frequency_scaling)
         return self.op.adjoint(sino)
 
+    def for_operator(self, op) -> "Guidance":
+        """The same guidance for another operator of the family (e.g. a new inpainting mask)."""
+        return replace(self, op=op)
+
     @torch.no_grad()
     def __call__(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``g`` at image-space estimates ``x0`` (B,1,H,W) for measurements ``y``."""
+        """``g`` at image-space estimates ``x0`` (B,C,H,W) for measurements ``y``."""
         ax = self.op(x0)
+        if not is_ct(self.op):
+            return self.scale * self.back(sinogram_score(self.noise, ax, y), x0)
         if self.backprojection == "fbp":
             return self.scale * self.back(self.line_integrals(y) - ax)
         return self.scale * self.op.adjoint(sinogram_score(self.noise, ax, y))
+
+    @torch.no_grad()
+    def condition(self, y: torch.Tensor) -> torch.Tensor | None:
+        """Extra h-network input channels for measurements ``y`` (None for CT and most tasks)."""
+        fn = getattr(self.op, "conditioning", None)
+        return fn(y) if fn is not None else None
 
     def line_integrals(self, y: torch.Tensor) -> torch.Tensor:
         """The measurement as line integrals in model units (pre-log counts are log-converted)."""
@@ -88,8 +112,16 @@ class Guidance:
     @torch.no_grad()
     def measurement_image(self, y: torch.Tensor) -> torch.Tensor:
         """``B y``: the measurement mapped to the image (the ``A*y`` input of the ablations)."""
+        if not is_ct(self.op):
+            return self.op.measurement_image(y)
         return self.back(self.line_integrals(y))
 
     def settings(self) -> dict:
         return {"backprojection": self.backprojection, "filter_type": self.filter_type,
                 "frequency_scaling": self.frequency_scaling, "scale": self.scale}
+
+
+def condition_channels(op, image_channels: int) -> int:
+    """How many conditioning channels :meth:`Guidance.condition` gives for ``op``'s task."""
+    fn = getattr(op, "conditioning_channels", None)
+    return int(fn(image_channels)) if fn is not None else 0

@@ -13,6 +13,11 @@
 
 Variants (the paper's ablation): ``full`` (above), ``no_x0hat`` (``NN1([z_t, g], t) - NN2 g``),
 ``no_guidance_path`` (``NN1([z_t, x0hat, A*y], t)``) and ``aty_only`` (``NN1([z_t, A*y], t)``).
+
+Images may have several channels (``image_channels``: 3 for RGB). Tasks whose operator changes
+per measurement or whose guidance is weak add ``cond_channels`` of conditioning to NN1's input,
+computed once per measurement (``Guidance.condition``): the mask of amortised inpainting (1
+channel), the HIO/ER estimate of phase retrieval (``image_channels`` channels), as the paper.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class HNetConfig:
     nn2_hidden: int = 64
     nn2_init: float = 1.0
     guidance_scaling: str = "x0"
+    image_channels: int = 1
+    cond_channels: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -63,9 +70,9 @@ class HNetConfig:
     def guidance_path(self) -> bool:
         return VARIANTS[self.variant][1]
 
-    def unet_config(self, image_channels: int = 1) -> UNetConfig:
-        return UNetConfig(in_channels=image_channels * len(self.inputs),
-                          out_channels=image_channels, channels=self.channels,
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(in_channels=self.image_channels * len(self.inputs) + self.cond_channels,
+                          out_channels=self.image_channels, channels=self.channels,
                           attention_levels=self.attention_levels,
                           num_res_blocks=self.num_res_blocks,
                           num_head_channels=max(self.channels[-1] // 2, 8),
@@ -104,10 +111,10 @@ class TimeScalar(nn.Module):
 class HTransform(nn.Module):
     """The trainable h-network; the prior is not part of it."""
 
-    def __init__(self, cfg: HNetConfig = HNetConfig(), image_channels: int = 1):
+    def __init__(self, cfg: HNetConfig = HNetConfig()):
         super().__init__()
         self.cfg = cfg
-        self.nn1 = cfg.unet_config(image_channels).build()
+        self.nn1 = cfg.unet_config().build()
         last = [m for m in self.nn1.modules() if isinstance(m, (nn.Conv2d,))][-1]
         nn.init.zeros_(last.weight)
         if last.bias is not None:
@@ -116,12 +123,18 @@ class HTransform(nn.Module):
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, x0hat: torch.Tensor | None = None,
                 g: torch.Tensor | None = None, aty: torch.Tensor | None = None,
-                abar_t: torch.Tensor | None = None) -> torch.Tensor:
+                abar_t: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
         feats = {"z_t": z_t, "x0hat": x0hat, "g": g, "aty": aty}
         missing = [k for k in self.cfg.inputs if feats[k] is None]
         if missing or (self.nn2 is not None and g is None):
             raise ConfigError(f"h-network variant {self.cfg.variant!r} needs inputs {missing or ['g']}")
-        h = self.nn1(torch.cat([feats[k] for k in self.cfg.inputs], dim=1), t.long())
+        parts = [feats[k] for k in self.cfg.inputs]
+        if self.cfg.cond_channels:
+            if cond is None or cond.shape[1] != self.cfg.cond_channels:
+                raise ConfigError(f"this h-network takes {self.cfg.cond_channels} conditioning "
+                                  f"channel(s), got {None if cond is None else cond.shape[1]}")
+            parts.append(cond.to(z_t).expand(z_t.shape[0], -1, -1, -1))
+        h = self.nn1(torch.cat(parts, dim=1), t.long())
         if self.nn2 is not None:
             scalar = self.nn2(t).view(-1, 1, 1, 1)
             if self.cfg.guidance_scaling == "x0":

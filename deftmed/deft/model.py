@@ -32,10 +32,20 @@ class DeftBinding:
     geometry: dict
     noise: dict
     guidance: dict = field(default_factory=dict)
+    #: image-operator tasks: the operator (or operator family) description; geometry is {}
+    operator: dict | None = None
 
     @property
     def geometry_fingerprint(self) -> str:
+        """Fingerprint of the scanner geometry (CT) or of the image operator."""
+        if self.operator is not None:
+            return self.task_operator().fingerprint()
         return ScanGeometry.from_dict(self.geometry).fingerprint()
+
+    def task_operator(self):
+        """The image operator (or random-mask family) this h-transform was fine-tuned for."""
+        from deftmed.physics.imaging import build_operator
+        return build_operator(self.operator)
 
     def scan_geometry(self) -> ScanGeometry:
         return ScanGeometry.from_dict(self.geometry)
@@ -59,8 +69,14 @@ class DeftModel(torch.nn.Module):
         self.metadata = metadata or {}
 
     def check_compatible(self, prior=None, geometry: ScanGeometry | None = None,
-                         noise: NoiseModel | None = None) -> None:
+                         noise: NoiseModel | None = None, operator=None) -> None:
+        """Refuse a prior, geometry, image operator or noise model other than the trained one."""
         b = self.binding
+        if operator is not None:
+            self._check_operator(operator)
+        if geometry is not None and b.operator is not None:
+            raise GeometryError(f"this h-transform was fine-tuned for the image operator "
+                                f"{b.operator.get('type')}, not for a CT scanner geometry")
         if geometry is not None and geometry.fingerprint() != b.geometry_fingerprint:
             mine = b.scan_geometry()
             raise GeometryError(
@@ -78,6 +94,21 @@ class DeftModel(torch.nn.Module):
                 f"this h-transform was fine-tuned for noise {b.noise}, given {noise.to_dict()}; "
                 "omit --noise to use the trained one, or " + _retrain_hint())
 
+    def _check_operator(self, op) -> None:
+        b = self.binding
+        if b.operator is None:
+            raise GeometryError("this h-transform was fine-tuned for CT (a scanner geometry), "
+                                f"not for the image operator {type(op).__name__}")
+        family = b.task_operator()
+        ok = family.accepts(op) if hasattr(family, "accepts") else \
+            op.fingerprint() == family.fingerprint()
+        if not ok:
+            raise GeometryError(
+                f"this h-transform was fine-tuned for the operator {b.operator}, given "
+                f"{op.to_dict() if hasattr(op, 'to_dict') else type(op).__name__}; an "
+                "h-transform is specific to its operator: fine-tune one with `deftmed finetune "
+                "--protocol P` for a protocol with that operator")
+
     def guidance(self, op) -> Guidance:
         g = self.binding.guidance
         return Guidance(op, self.binding.noise_model(), g.get("backprojection", "fbp"),
@@ -89,7 +120,8 @@ class DeftModel(torch.nn.Module):
         meta = {"hnet": self.hnet.cfg.to_dict(), "prior_fingerprint": b.prior_fingerprint,
                 "prior_parameters": b.prior_parameters, "geometry": b.geometry,
                 "geometry_fingerprint": b.geometry_fingerprint, "noise": b.noise,
-                "guidance": b.guidance, "h_parameters": self.hnet.parameter_count(),
+                "guidance": b.guidance, "operator": b.operator,
+                "h_parameters": self.hnet.parameter_count(),
                 "parameter_ratio": self.hnet.parameter_count() / max(b.prior_parameters, 1)}
         meta.update(extra or {})
         self.metadata = save_checkpoint(path, self.hnet.state_dict(), H_KIND, meta)
@@ -104,7 +136,8 @@ class DeftModel(torch.nn.Module):
         hnet = HTransform(HNetConfig.from_dict(meta["hnet"]))
         load_state_into(hnet, tensors, f"h-transform {path}")
         binding = DeftBinding(meta["prior_fingerprint"], int(meta["prior_parameters"]),
-                              meta["geometry"], meta["noise"], meta.get("guidance", {}))
+                              meta["geometry"], meta["noise"], meta.get("guidance", {}),
+                              meta.get("operator"))
         if meta.get("geometry_fingerprint") not in (None, binding.geometry_fingerprint):
             raise CheckpointError(f"{path}: geometry fingerprint does not match its description")
         model = cls(hnet, binding, meta)

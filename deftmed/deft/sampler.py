@@ -23,12 +23,13 @@ def h_corrected_eps(prior, hnet: HTransform, guidance: Guidance, y: torch.Tensor
     if need_aty and aty is None:
         aty = guidance.measurement_image(y)
     need_g = hnet.cfg.guidance_path or "g" in hnet.cfg.inputs
+    cond = guidance.condition(y) if hnet.cfg.cond_channels else None
 
     def eps_fn(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         e_u = prior.eps(z_t, t)
         x0 = prior.tweedie(z_t, t, e_u)
         g = guidance(prior.to_image(x0), y) if need_g else None
-        return e_u + hnet(z_t, t, x0, g, aty, prior.alphas_cumprod[t])
+        return e_u + hnet(z_t, t, x0, g, aty, prior.alphas_cumprod[t], cond)
 
     return eps_fn
 
@@ -37,8 +38,8 @@ def h_corrected_eps(prior, hnet: HTransform, guidance: Guidance, y: torch.Tensor
 def deft_sample(prior, hnet: HTransform, guidance: Guidance, y: torch.Tensor, steps: int = 100,
                 eta: float = 0.0, spacing: str = "trailing",
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """One posterior sample per measurement in ``y`` (B,1,A,D) -> images (B,1,H,W) in [0,1]
-    model range (not clamped)."""
+    """One posterior sample per measurement in ``y`` -> images (B,C,H,W) in the [0,1] model
+    range (not clamped)."""
     size = prior.spec.image_size
     z = initial_noise((y.shape[0], prior.spec.unet.in_channels, size, size), generator, y.device)
     eps_fn = h_corrected_eps(prior, hnet, guidance, y)
@@ -66,6 +67,8 @@ def deft_posterior(prior, hnet, guidance, y, n_samples: int = 1, steps: int = 10
     The samples of all measurements are drawn in one batch (B * n_samples).
     """
     yy = y.repeat_interleave(n_samples, dim=0)
+    if n_samples > 1 and hasattr(guidance.op, "repeat_interleave"):
+        guidance = guidance.for_operator(guidance.op.repeat_interleave(n_samples))
     x = deft_sample(prior, hnet, guidance, yy, steps, eta, spacing, generator)
     x = x.view(y.shape[0], n_samples, *x.shape[1:])
     std = x.std(dim=1, unbiased=True) if n_samples > 1 else None

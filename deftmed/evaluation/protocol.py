@@ -24,8 +24,10 @@ import yaml
 from deftmed.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REQUIRED = ("name", "description", "dataset", "geometry", "noise", "splits", "metrics", "seeds")
-DATASET_KINDS = ("ellipses", "anatomy", "files", "lodopab", "aapm")
+REQUIRED = ("name", "description", "dataset", "noise", "splits", "metrics", "seeds")
+#: exactly one of these says what is measured: a CT scanner geometry or an image operator
+TASK_FIELDS = ("geometry", "operator")
+DATASET_KINDS = ("ellipses", "anatomy", "natural", "files", "lodopab", "aapm")
 SPLIT_OFFSETS = {"train": 0, "validation": 1, "test": 2}
 
 
@@ -47,7 +49,7 @@ class Protocol:
     name: str
     description: str
     dataset: dict
-    geometry_file: str
+    geometry_file: str | None
     noise_spec: dict
     splits: dict
     metrics: dict
@@ -55,6 +57,7 @@ class Protocol:
     runs_on: str = "cpu"
     weights: dict = field(default_factory=dict)
     source: Path | None = None
+    operator_spec: dict | None = None
 
     # --- loading -------------------------------------------------------------------------
     @classmethod
@@ -74,10 +77,15 @@ class Protocol:
         missing = [k for k in REQUIRED if k not in d]
         if missing:
             raise ConfigError(f"{where}: missing field(s) {missing}; a protocol needs {list(REQUIRED)}")
-        known = set(REQUIRED) | {"runs_on", "weights"}
+        known = set(REQUIRED) | set(TASK_FIELDS) | {"runs_on", "weights"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+        if sum(k in d for k in TASK_FIELDS) != 1:
+            raise ConfigError(f"{where}: give exactly one of 'geometry' (a CT scanner geometry) "
+                              "or 'operator' (an image operator such as {type: super_resolution})")
+        if "operator" in d and not isinstance(d["operator"], dict):
+            raise ConfigError(f"{where}: 'operator' must be a mapping with a 'type'")
         ds = d["dataset"]
         if not isinstance(ds, dict) or ds.get("kind") not in DATASET_KINDS:
             raise ConfigError(f"{where}: dataset.kind must be one of {DATASET_KINDS}")
@@ -90,14 +98,26 @@ class Protocol:
             raise ConfigError(f"{where}: seeds.noise is required")
         if "data_range" not in d["metrics"]:
             raise ConfigError(f"{where}: metrics.data_range is required")
-        proto = cls(d["name"], d["description"], ds, str(d["geometry"]), d["noise"], d["splits"],
-                   d["metrics"], d["seeds"], d.get("runs_on", "cpu"), d.get("weights", {}), path)
+        geometry = str(d["geometry"]) if "geometry" in d else None
+        proto = cls(d["name"], d["description"], ds, geometry, d["noise"], d["splits"],
+                    d["metrics"], d["seeds"], d.get("runs_on", "cpu"), d.get("weights", {}), path,
+                    d.get("operator"))
         proto.hu_metric_settings()  # validates metrics.hu
+        if proto.operator_spec is not None:
+            proto.operators()  # validates the operator spec
         return proto
 
     # --- resolved parts --------------------------------------------------------------------
+    @property
+    def is_ct(self) -> bool:
+        """True for CT protocols (a scanner geometry), False for image-operator ones."""
+        return self.operator_spec is None
+
     def geometry(self):
         from deftmed.physics.geometry import ScanGeometry
+        if not self.is_ct:
+            raise ConfigError(f"protocol {self.name} measures with an image operator "
+                              f"({self.operator_spec.get('type')}), not a CT scanner geometry")
         base = self.source.parent.parent if self.source else None
         return ScanGeometry.from_yaml(_find(self.geometry_file, "geometries", base=base))
 
@@ -156,7 +176,9 @@ class Protocol:
         return int(s) if s else None
 
     def canonical(self) -> dict:
-        return {"name": self.name, "dataset": self.dataset, "geometry": self.geometry().canonical(),
+        task = ({"geometry": self.geometry().canonical()} if self.is_ct
+                else {"operator": self.operators()[0].to_dict()})
+        return {"name": self.name, "dataset": self.dataset, **task,
                 "noise": self.noise().to_dict(), "splits": self.splits, "metrics": self.metrics,
                 "seeds": self.seeds}
 
@@ -169,7 +191,7 @@ class Protocol:
         """The split's image source (phantoms, or files for real datasets)."""
         from deftmed.data.datasets import open_images
         kind = self.dataset["kind"]
-        if kind in ("ellipses", "anatomy"):
+        if kind in ("ellipses", "anatomy", "natural"):
             length = self.splits.get(split, 32000 if split == "train" else 1000)
             return open_images(kind, split, self.image_size, length)
         root = os.environ.get("DEFTMED_DATA", self.dataset.get("root", "data"))
@@ -183,7 +205,14 @@ class Protocol:
         return open_images(str(path), split, self.image_size)
 
     def operators(self, device="cpu"):
-        """``(op, sim_op)``: the reconstruction operator and the (finer) simulation operator."""
+        """``(op, sim_op)``: the reconstruction operator and the (finer) simulation operator
+        (CT; None for image operators, which act on the image grid itself)."""
+        if not self.is_ct:
+            from deftmed.physics.imaging import build_operator
+            spec = dict(self.operator_spec)
+            if spec.get("type") == "random_inpainting":
+                spec.setdefault("size", self.image_size)
+            return build_operator(spec), None
         from deftmed.physics.raytransform import RayTransform
         geometry = self.geometry()
         op = RayTransform(geometry)
@@ -193,20 +222,29 @@ class Protocol:
 
     def simulate(self, split: str, indices, op=None, sim_op=None, source=None, noise=None,
                  device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Ground truth images (n,1,H,W) and noisy measurements for images ``indices``."""
+        """Ground truth images (n,C,H,W) and noisy measurements for images ``indices``."""
+        x, y, _ = self.measure(split, indices, op, sim_op, source, noise, device)
+        return x, y
+
+    def measure(self, split: str, indices, op=None, sim_op=None, source=None, noise=None,
+                device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
+        """Like :meth:`simulate`, plus the operator that measured this batch: ``op`` itself,
+        or for a family of random operators (inpainting with random masks) the batch's
+        member, with one mask per image drawn from the image's seed."""
         if op is None:
             op, sim_op = self.operators()
         source = source or self.images(split)
         noise = noise or self.noise()
         idx = np.asarray(indices, dtype=np.int64)
+        seeds = [int(self.seeds["noise"]) * 1_000_003 + SPLIT_OFFSETS[split] * 10_000_000 + int(i)
+                 for i in idx]
+        if hasattr(op, "for_seeds"):
+            op = op.for_seeds([s + 500_000_000 for s in seeds]).to(device)
         x = source.tensor(idx, self.image_size, device)
         if sim_op is not None:
             clean = sim_op(source.tensor(idx, sim_op.image_shape[0], device))
         else:
             clean = op(x)
-        ys = []
-        for k, i in enumerate(idx):
-            seed = (int(self.seeds["noise"]) * 1_000_003 + SPLIT_OFFSETS[split] * 10_000_000
-                    + int(i))
-            ys.append(noise.sample(clean[k:k + 1], torch.Generator().manual_seed(seed)))
-        return x, torch.cat(ys) if ys else clean
+        ys = [noise.sample(clean[k:k + 1], torch.Generator().manual_seed(seed))
+              for k, seed in enumerate(seeds)]
+        return x, (torch.cat(ys) if ys else clean), op

@@ -501,13 +501,13 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
                        desc=f"{m}" + (f" [rank {dist.rank}]" if dist.enabled else ""),
                        position=dist.rank if dist.enabled else None, leave=True)
             for idx in batches:
-                x, y = protocol.simulate("test", idx, op, sim_op, source, noise, device)
+                x, y, op_b = protocol.measure("test", idx, op, sim_op, source, noise, device)
                 gen_device = device if device.type == "cuda" else "cpu"
                 gen = torch.Generator(gen_device).manual_seed(seed * 1_000_003 + idx[0])
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
-                rec = method.reconstruct(y, op, noise, gen)  # methods manage autograd themselves
+                rec = method.reconstruct(y, op_b, noise, gen)  # methods manage autograd themselves
                 if device.type == "cuda":  # kernels are asynchronous: time to completion
                     torch.cuda.synchronize(device)
                     rec.seconds = (time.perf_counter() - start) / len(idx)
@@ -515,7 +515,7 @@ def run_benchmark(protocol, methods: list[str], n: int | None, out_dir, device=N
                 if not bool(torch.isfinite(img).all()):
                     log.warning("%s produced non-finite pixels for images %s", m, idx)
                 with torch.no_grad():
-                    ax = op(img.to(y.dtype))
+                    ax = op_b(img.to(y.dtype))
                 xs, gts = img.cpu().double().numpy(), x.cpu().double().numpy()
                 metrics = {
                     "psnr": psnr(xs, gts, float(protocol.metrics["data_range"])),

@@ -192,9 +192,10 @@ def tune(protocol, method: str, budget: int | None = 20, n_val: int = 8, *, sear
 
     op, sim_op = protocol.operators(device)
     noise = protocol.noise()
-    idx = list(range(n_val))
-    x, y = protocol.simulate("validation", idx, op, sim_op, protocol.images("validation"),
-                             noise, device)
+    source = protocol.images("validation")
+    chunks = [protocol.measure("validation", list(range(k, min(k + batch_size, n_val))), op,
+                               sim_op, source, noise, device) for k in range(0, n_val, batch_size)]
+    x = torch.cat([c[0] for c in chunks])
     data_range = float(protocol.metrics["data_range"])
     trials = []
     best = None
@@ -204,10 +205,10 @@ def tune(protocol, method: str, budget: int | None = 20, n_val: int = 8, *, sear
         try:
             rec_method = factory.build(method, s, protocol, device)
             images, nfe = [], 0
-            for k in range(0, n_val, batch_size):
+            for j, (_, y_k, op_k) in enumerate(chunks):
                 gen_device = device if device.type == "cuda" else "cpu"
-                gen = torch.Generator(gen_device).manual_seed(seed * 1_000_003 + k)
-                rec = rec_method.reconstruct(y[k:k + batch_size], op, noise, gen)
+                gen = torch.Generator(gen_device).manual_seed(seed * 1_000_003 + j * batch_size)
+                rec = rec_method.reconstruct(y_k, op_k, noise, gen)
                 images.append(rec.image.detach().cpu().double())
                 nfe = int(rec.nfe)
             img = torch.cat(images).numpy()

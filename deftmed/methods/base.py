@@ -1,8 +1,10 @@
 """The one interface every reconstruction method implements.
 
 ``Reconstructor.reconstruct(y, operator, noise) -> Reconstruction``: measurements ``y``
-(B, 1, n_views, n_det), an operator (``RayTransform`` or an image-space operator) and the noise
-model. The benchmark runner and the CLI know nothing else about a method.
+(B, 1, n_views, n_det) for CT, (B, C', H', W') for an image operator; the operator
+(``RayTransform`` or an :class:`~deftmed.physics.imaging.ImagingOperator`) and the noise model.
+The benchmark runner and the CLI know nothing else about a method. The helpers below are the
+few places where CT and image operators differ.
 """
 
 from __future__ import annotations
@@ -13,7 +15,29 @@ from dataclasses import dataclass, field
 
 import torch
 
-from deftmed.errors import InvalidValueError, ShapeError
+from deftmed.errors import ConfigError, InvalidValueError, ShapeError
+from deftmed.physics import is_ct
+
+
+def operator_scale(operator, image_shape=(1, 64, 64)) -> float:
+    """``||A||`` (a Lipschitz constant for non-linear operators): the unit of gradient steps."""
+    if is_ct(operator):
+        return operator.norm()
+    return operator.lipschitz(tuple(image_shape))
+
+
+def initial_image(operator, y_lin: torch.Tensor) -> torch.Tensor:
+    """A direct reconstruction to start from: Hann FBP (CT) or the operator's measurement
+    image (upsampling, masked fill, HIO/ER, inverted camera response)."""
+    if is_ct(operator):
+        return operator.fbp(y_lin, "Hann", 1.0)
+    return operator.measurement_image(y_lin)
+
+
+def require_linear(operator, method: str) -> None:
+    if not getattr(operator, "linear", True):
+        raise ConfigError(f"{method} needs a linear operator with an adjoint; "
+                          f"{type(operator).__name__} is non-linear (use deft, dps or reddiff)")
 
 
 @dataclass
@@ -43,8 +67,11 @@ class Reconstructor(ABC):
 
     def reconstruct(self, y: torch.Tensor, operator, noise,
                     generator: torch.Generator | None = None) -> Reconstruction:
-        if y.dim() != 4 or y.shape[1] != 1:
+        if is_ct(operator) and (y.dim() != 4 or y.shape[1] != 1):
             raise InvalidValueError(f"measurements must have shape (B, 1, views, detectors), "
+                                    f"got {tuple(y.shape)}")
+        if y.dim() != 4:
+            raise InvalidValueError(f"measurements must have shape (B, C, H, W), "
                                     f"got {tuple(y.shape)}")
         expected = getattr(operator, "sinogram_shape", None)
         if expected is not None and tuple(y.shape[2:]) != tuple(expected):

@@ -27,7 +27,7 @@ import torch
 
 from deftmed.diffusion.ddim import ddim_timesteps, initial_noise
 from deftmed.errors import ConfigError
-from deftmed.methods.base import Reconstruction, Reconstructor
+from deftmed.methods.base import Reconstruction, Reconstructor, operator_scale, require_linear
 from deftmed.methods.tv import linearised_data, relative_weights
 
 
@@ -92,7 +92,9 @@ class DDSReconstructor(Reconstructor):
         device = next(prior.parameters()).device
         y_lin, w = linearised_data(y, noise)
         w = relative_weights(w, y_lin)
-        g = self.gamma * operator.norm() ** 2
+        require_linear(operator, "dds")
+        x_shape = (prior.spec.unet.in_channels, prior.spec.image_size, prior.spec.image_size)
+        g = self.gamma * operator_scale(operator, x_shape) ** 2
         aty = operator.adjoint(w * y_lin)
 
         def normal(x):

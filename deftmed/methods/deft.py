@@ -5,6 +5,7 @@ from __future__ import annotations
 from deftmed.deft.model import DeftModel
 from deftmed.deft.sampler import deft_posterior
 from deftmed.methods.base import Reconstruction, Reconstructor
+from deftmed.physics import is_ct
 
 
 class DEFTReconstructor(Reconstructor):
@@ -26,7 +27,10 @@ class DEFTReconstructor(Reconstructor):
                 "parameter_ratio": round(self.model.metadata.get("parameter_ratio", 0.0), 4)}
 
     def _reconstruct(self, y, operator, noise, generator) -> Reconstruction:
-        self.model.check_compatible(geometry=operator.geometry, noise=noise)
+        if is_ct(operator):
+            self.model.check_compatible(geometry=operator.geometry, noise=noise)
+        else:
+            self.model.check_compatible(operator=operator, noise=noise)
         key = id(operator)
         if key not in self._guidance:
             self._guidance = {key: self.model.guidance(operator)}

@@ -31,7 +31,7 @@ import torch
 
 from deftmed.diffusion.ddim import ddim_timesteps, initial_noise
 from deftmed.errors import ConfigError
-from deftmed.methods.base import Reconstruction, Reconstructor
+from deftmed.methods.base import Reconstruction, Reconstructor, operator_scale
 from deftmed.methods.tv import linearised_data, relative_weights
 
 
@@ -66,9 +66,9 @@ class DPSReconstructor(Reconstructor):
         device = next(prior.parameters()).device
         y_lin, w = linearised_data(y, noise)
         sqrt_w = relative_weights(w, y_lin).sqrt()
-        step_size = self.zeta / operator.norm()
         shape = (y.shape[0], prior.spec.unet.in_channels, prior.spec.image_size,
                  prior.spec.image_size)
+        step_size = self.zeta / operator_scale(operator, shape[1:])
         z = initial_noise(shape, generator, device)
         abar = prior.alphas_cumprod
         ts = self.timesteps

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from deftmed.errors import ConfigError
-from deftmed.methods.base import Reconstruction, Reconstructor
+from deftmed.methods.base import Reconstruction, Reconstructor, initial_image, operator_scale
 from deftmed.methods.tv import linearised_data
 
 
@@ -70,8 +70,10 @@ class REDDiffReconstructor(Reconstructor):
         prior = self.prior
         device = next(prior.parameters()).device
         y_lin, w = linearised_data(y, noise)
-        scale = operator.norm() ** 2 * w.expand_as(y_lin).reshape(y.shape[0], -1).mean(dim=1)
-        x_init = operator.fbp(y_lin, "Hann", 1.0)
+        shape = (prior.spec.unet.in_channels, prior.spec.image_size, prior.spec.image_size)
+        scale = operator_scale(operator, shape) ** 2 \
+            * w.expand_as(y_lin).reshape(y.shape[0], -1).mean(dim=1)
+        x_init = initial_image(operator, y_lin)
         mu = prior.to_diffusion(x_init).to(device).detach().requires_grad_(True)
         opt = torch.optim.Adam([mu], lr=self.lr, betas=self.betas)
         abar = prior.alphas_cumprod

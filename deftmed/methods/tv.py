@@ -28,7 +28,8 @@ import math
 import torch
 
 from deftmed.errors import ConfigError
-from deftmed.methods.base import Reconstruction, Reconstructor
+from deftmed.methods.base import (Reconstruction, Reconstructor, initial_image, operator_scale,
+                                  require_linear)
 
 
 def linearised_data(y: torch.Tensor, noise) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,11 +116,13 @@ class TVReconstructor(Reconstructor):
     def _reconstruct(self, y, operator, noise, generator) -> Reconstruction:
         y, w = linearised_data(y, noise)
         w = w.expand_as(y)
-        x = operator.fbp(y, "Hann", 1.0)
+        require_linear(operator, "tv")
+        x = initial_image(operator, y)
+        norm = operator_scale(operator, x.shape[1:])
         if self.nonneg:
             x = x.clamp_min(0)
-        c = operator.norm() / math.sqrt(8.0)
-        step = 0.99 / (math.sqrt(2.0) * operator.norm())
+        c = norm / math.sqrt(8.0)
+        step = 0.99 / (math.sqrt(2.0) * norm)
         bound = self.lam / c
         p = torch.zeros_like(y)
         q = torch.zeros(x.shape[0], 2, *x.shape[2:], dtype=x.dtype, device=x.device)

@@ -248,9 +248,25 @@ class ImagingOperator(torch.nn.Module):
                 x = z
         return math.sqrt(max(lam, 0.0))
 
+    def conditioning(self, y: torch.Tensor) -> torch.Tensor | None:
+        """Extra input channels for DEFT's h-network, per measurement (default: none)."""
+        return None
+
+    def conditioning_channels(self, image_channels: int) -> int:
+        return 0
+
+    def lipschitz(self, image_shape: tuple[int, ...] = (1, 64, 64)) -> float:
+        """A Lipschitz constant of ``A`` (the norm for linear operators): the natural unit of
+        a gradient step on ``||y - A x||`` (DPS's step, RED-diff's data weight)."""
+        return self.norm(image_shape)
+
     # --- serialisation ---------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
         return {}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical description (binds h-transforms to their operator)."""
+        return _fingerprint(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type_name, **self._params()}
@@ -264,6 +280,14 @@ class ImagingOperator(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self._params().items() if k != "mask")
+
+
+def _fingerprint(d: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def _from_dict(cls: type, spec: dict[str, Any]) -> ImagingOperator:
@@ -464,6 +488,18 @@ class Inpainting(ImagingOperator):
         b = self.mask.shape[0] if batch_size is None else batch_size
         return self.mask.expand(b, 1, *self.mask.shape[-2:])
 
+    def conditioning(self, y):
+        return self.mask_channel(y.shape[0]).to(y)
+
+    def repeat_interleave(self, n: int) -> "Inpainting":
+        """The operator for a batch whose items are each repeated ``n`` times."""
+        if self.mask.shape[0] == 1:
+            return self
+        return Inpainting(self.mask.repeat_interleave(int(n), dim=0), self.fill)
+
+    def conditioning_channels(self, image_channels):
+        return 1
+
     def svd(self, image_shape):
         return _DiagonalSVD(self.mask)
 
@@ -493,6 +529,9 @@ class RandomMaskOperator:
     ``kind``: ``stroke`` (``coverage``), ``box`` or ``random`` (``frac``: missing fraction).
     """
 
+    type_name = "random_inpainting"
+    linear = True
+
     def __init__(self, kind: str = "stroke", size: int | tuple[int, int] = 256,
                  frac: float = 0.25, coverage: tuple[float, float] = (0.2, 0.3)):
         if kind not in _MASK_KINDS:
@@ -513,15 +552,30 @@ class RandomMaskOperator:
     def sample(self, batch_size: int, rng: Any = None) -> Inpainting:
         return Inpainting(self.sample_mask(batch_size, rng))
 
+    def for_seeds(self, seeds) -> Inpainting:
+        """One mask per seed (reproducible per image, e.g. a benchmark's image index)."""
+        return Inpainting(torch.cat([self.sample_mask(1, int(s)) for s in seeds]))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "size": list(self.size), "frac": self.frac,
-                "coverage": list(self.coverage)}
+        return {"type": self.type_name, "kind": self.kind, "size": list(self.size),
+                "frac": self.frac, "coverage": list(self.coverage)}
+
+    def fingerprint(self) -> str:
+        return _fingerprint(self.to_dict())
+
+    def conditioning_channels(self, image_channels: int) -> int:
+        return 1  # the mask
+
+    def accepts(self, op: Any) -> bool:
+        """Whether ``op`` is one of this family's operators (an inpainting of the right size)."""
+        return isinstance(op, Inpainting) and tuple(op.mask.shape[-2:]) == tuple(self.size)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RandomMaskOperator":
+        d = {k: v for k, v in d.items() if k != "type"}
         unknown = sorted(set(d) - {"kind", "size", "frac", "coverage"})
         if unknown:
-            raise ConfigError(f"RandomMaskOperator: unknown keys {unknown}")
+            raise ConfigError(f"random_inpainting: unknown keys {unknown}")
         return cls(**d)
 
 
@@ -723,6 +777,9 @@ class HDR(ImagingOperator):
     def measurement_image(self, y):
         return (_check_image(y, "measurement") / self.gain + 1) / 2
 
+    def lipschitz(self, image_shape=(1, 64, 64)):
+        return 2.0 * self.gain  # d/dx clip(gain (2x - 1)) <= 2 gain
+
     def _params(self):
         return {"gain": self.gain}
 
@@ -782,6 +839,15 @@ class PhaseRetrieval(ImagingOperator):
     def measurement_image(self, y):
         return hio_er_estimate(y, self, iters=100, er_iters=20,
                                generator=torch.Generator().manual_seed(0))
+
+    def lipschitz(self, image_shape=(1, 64, 64)):
+        return 1.0  # | |F P x| - |F P x'| | <= ||x - x'|| (unitary F, zero padding)
+
+    def conditioning(self, y):
+        return self.measurement_image(y)  # the HIO/ER estimate, as the paper's extra channel
+
+    def conditioning_channels(self, image_channels):
+        return image_channels
 
     def _params(self):
         return {"oversampling": self.oversampling}
@@ -859,6 +925,9 @@ class NonlinearBlur(ImagingOperator):
         v = (_check_image(y, "measurement") * math.tanh(self.alpha)).clamp(-1 + 1e-6, 1 - 1e-6)
         return torch.atanh(v) / self.alpha
 
+    def lipschitz(self, image_shape=(1, 64, 64)):
+        return self.alpha / math.tanh(self.alpha)  # max R' times ||blur|| = 1
+
     def _params(self):
         return {"sigma": self.blur.sigma, "kernel_size": self.blur.kernel_size,
                 "alpha": self.alpha}
@@ -870,19 +939,23 @@ OPERATORS: dict[str, type[ImagingOperator]] = {
                                    PhaseRetrieval, NonlinearBlur)}
 
 
-def build_operator(spec: dict[str, Any] | ImagingOperator) -> ImagingOperator:
+def build_operator(spec: dict[str, Any] | ImagingOperator) -> ImagingOperator | RandomMaskOperator:
     """An operator from ``{type: NAME, **params}`` (NAME in :data:`OPERATORS`), e.g.
     ``{type: super_resolution, factor: 4, kind: bicubic}``,
-    ``{type: inpainting, mask: {kind: stroke, size: 256, seed: 0}}``; ConfigError otherwise."""
-    if isinstance(spec, ImagingOperator):
+    ``{type: inpainting, mask: {kind: stroke, size: 256, seed: 0}}``; or the family of
+    inpainting operators with random masks, ``{type: random_inpainting, kind: stroke, size: 64}``
+    (a :class:`RandomMaskOperator`); ConfigError otherwise."""
+    if isinstance(spec, (ImagingOperator, RandomMaskOperator)):
         return spec
+    if isinstance(spec, dict) and spec.get("type") == RandomMaskOperator.type_name:
+        return RandomMaskOperator.from_dict(spec)
     if not isinstance(spec, dict):
         raise ConfigError(f"operator spec must be a mapping with 'type', got "
                           f"{type(spec).__name__}")
     kind = spec.get("type")
     if kind not in OPERATORS:
         raise ConfigError(f"unknown imaging operator {kind!r}; expected one of "
-                          f"{sorted(OPERATORS)}")
+                          f"{sorted(OPERATORS) + [RandomMaskOperator.type_name]}")
     return _from_dict(OPERATORS[kind], spec)
 
 
