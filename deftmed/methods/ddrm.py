@@ -14,7 +14,9 @@ spectral coefficient ``i`` (bars: coefficients, ``ybar = U^T y / s`` where ``s >
 then ``z_t' = sqrt(abar_t') V xbar``; the last step (``sigma = 0``) gives the reconstruction.
 The data live in the model range ``x = a z + b`` (``a, b`` = the prior's data scale and shift),
 so the measurement is first moved to diffusion space: ``y_z = (y - A(b 1)) / a``,
-``sigma_z = sigma_y / a``. Defaults: the paper's 20 steps, ``eta = 0.85``, ``eta_b = 1``.
+``sigma_z = sigma_y / a``. Defaults: the paper's 20 steps, ``eta = 0.85``, ``eta_b = 1``, and
+its timesteps ``0, T/steps, 2T/steps, ...`` ("leading" spacing: the last denoising step is at
+``t = 0``, so observed coefficients end up at the data).
 One prior evaluation per step and no gradients.
 """
 
@@ -31,7 +33,7 @@ class DDRMReconstructor(Reconstructor):
     name = "ddrm"
 
     def __init__(self, prior, steps: int = 20, eta: float = 0.85, eta_b: float = 1.0,
-                 spacing: str = "trailing"):
+                 spacing: str = "leading"):
         if not 0 <= float(eta) <= 1 or not 0 <= float(eta_b) <= 1:
             raise ConfigError(f"ddrm: eta and eta_b must lie in [0, 1], got {eta}, {eta_b}")
         self.prior = prior
@@ -72,7 +74,7 @@ class DDRMReconstructor(Reconstructor):
             a_t = abar[t]
             a_next = abar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device)
             sig_t, sig_next = ((1 - a_t) / a_t).sqrt(), ((1 - a_next) / a_next).sqrt()
-            x0bar = svd.Vt(prior.tweedie(z, t))
+            x0bar = svd.Vt((z - (1 - a_t).sqrt() * prior.eps(z, t)) / a_t.sqrt())
             xtbar = svd.Vt(z / a_t.sqrt())
             nz = initial_noise(shape, generator, device)
             keep = (1 - eta ** 2) ** 0.5 * sig_next
