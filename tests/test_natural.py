@@ -81,6 +81,16 @@ def test_operator_protocol_measures_reproducibly(tmp_path):
         proto.geometry()
 
 
+def test_every_shipped_protocol_loads():
+    from deftmed.evaluation.protocol import REPO_ROOT
+    names = sorted(p.stem for p in (REPO_ROOT / "protocols").glob("*.yaml"))
+    assert {"ellipses64-sv20", "ellipses128-sv30", "fan64-sv24", "lodopab256-sv60",
+            "aapm256-sv60", "anatomy64-sv20"} <= set(names)
+    for name in names:
+        p = Protocol.load(name)
+        assert p.name == name and len(p.hash()) == 16 and p.weights.get("prior")
+
+
 def test_shipped_natural_protocols_load():
     for name in ("natural64-inpaint", "natural64-sr4", "natural64-hdr", "natural64-phase",
                  "natural64-nlblur"):

@@ -14,7 +14,7 @@ from deftmed.physics.raytransform import FBP_FILTERS, RayTransform, select_backe
 
 GEOMETRY_DIR = Path(__file__).resolve().parents[1] / "geometries"
 GEOMETRY_FILES = sorted(GEOMETRY_DIR.glob("*.yaml"))
-SLOW = {"clinical-fan256"}  # skipped from the FBP-quality part only
+SLOW = {"clinical-fan256", "parallel256-60"}  # skipped from the FBP-quality part only
 
 
 @pytest.fixture(scope="module", params=GEOMETRY_FILES, ids=lambda p: p.stem)

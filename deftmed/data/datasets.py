@@ -127,6 +127,23 @@ def phantom_intensity(kind: str) -> dict | None:
     return None
 
 
+def _dicom_source(path: Path, image_size: int | None) -> ArraySource:
+    """A DICOM file or series folder (e.g. AAPM/Mayo): HU -> model range with the LoDoPaB
+    intensity transform (the one the CT priors use), clipped to [0, 1], resized if asked."""
+    from deftmed.data.dicom import read_dicom
+    from deftmed.data.intensity import LODOPAB
+
+    volume, meta = read_dicom(path)
+    images = np.clip(LODOPAB.from_hu(volume), 0.0, 1.0).astype(np.float32)
+    if images.shape[1] != images.shape[2]:
+        raise DataFormatError(f"DICOM images in {path} are not square: {images.shape[1:]}")
+    desc = {"source": "dicom", "path": str(path), "files": len(meta.get("files", [])),
+            "intensity": "lodopab"}
+    if image_size and images.shape[-1] != image_size:
+        images = resize_images(images, image_size)
+    return ArraySource(images, desc)
+
+
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """Resize (N, H, W) images with antialiasing (area-like)."""
     t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
@@ -162,6 +179,8 @@ def open_images(spec: str, split: str = "train", image_size: int | None = None,
                               "nor an existing file or folder")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in
                    (".npy", ".npz", ".h5", ".hdf5", ".png")) if path.is_dir() else [path]
+    if (path.is_dir() and not files) or path.suffix.lower() in (".dcm", ".ima"):
+        return _dicom_source(path, image_size)
     if not files:
         raise DataFormatError(f"folder {path} holds no .npy/.npz/.h5/.png images")
     arrays = []
