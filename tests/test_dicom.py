@@ -123,3 +123,18 @@ def test_refuses_to_replace_other_folder(tmp_path):
         write_dicom_series(np.zeros((1, 4, 4)), s, 1.0, "x")
     write_dicom_series(np.ones((1, 4, 4)), s, 1.0, "x", overwrite=True)
     assert len(list(s.iterdir())) == 1
+
+
+def test_dicom_file_as_image_source():
+    from pydicom.data import get_testdata_file
+
+    from deftmed.data.datasets import open_images
+    from deftmed.data.intensity import LODOPAB
+
+    path = get_testdata_file("CT_small.dcm")
+    src = open_images(path, "test", 64)
+    img = src.get([0])
+    assert img.shape == (1, 64, 64) and 0 <= img.min() and img.max() <= 1
+    assert src.description["source"] == "dicom"
+    # soft tissue (~0 HU) lands near the water value of the LoDoPaB scale
+    assert abs(float(np.median(LODOPAB.to_hu(img))) - 0) < 300

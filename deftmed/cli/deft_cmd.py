@@ -11,7 +11,9 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 
 def register(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune a DEFT h-transform for a scanner geometry")
-    p.add_argument("--prior", default="prior-ellipses64", help="prior checkpoint or shipped name")
+    p.add_argument("--prior", default=None,
+                   help="prior checkpoint or shipped name (default: the protocol's prior, else "
+                        "prior-ellipses64)")
     p.add_argument("--protocol", default=None,
                    help="take geometry, noise, data and simulation grid from a protocol")
     p.add_argument("--geometry", default=None, help="scanner geometry YAML")
@@ -80,6 +82,7 @@ def run_finetune(args) -> int:
             raise ConfigError("give either --protocol or --geometry/--operator and --noise")
         proto = Protocol.load(args.protocol)
         noise = proto.noise()
+        args.prior = args.prior or proto.weights.get("prior")
         if proto.is_ct:
             geometry = proto.geometry()
         else:
@@ -99,7 +102,7 @@ def run_finetune(args) -> int:
             from deftmed.physics.imaging import build_operator
             operator = build_operator(load_mapping_arg(args.operator, "--operator"))
     device = pick_device(args.device)
-    prior = DiffusionPrior.load(resolve_checkpoint(args.prior), device)
+    prior = DiffusionPrior.load(resolve_checkpoint(args.prior or "prior-ellipses64"), device)
     sim_op = None
     if geometry is not None:
         if geometry.shape[0] != prior.spec.image_size:

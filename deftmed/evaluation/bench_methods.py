@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-PROTOCOLS = tuple(os.environ.get("DEFTMED_BENCH_PROTOCOLS", "ellipses64-sv20,fan64-sv24").split(","))
+PROTOCOLS = tuple(os.environ.get("DEFTMED_BENCH_PROTOCOLS",
+                                 "ellipses64-sv20,fan64-sv24,anatomy64-sv20").split(","))
 FAST = ("fbp", "tv", "dds", "deft")
 SLOW = ("dps", "reddiff")
 MEAN = ("deft-mean",)
 N_FAST = int(os.environ.get("DEFTMED_BENCH_N", 100))
 #: images for (DPS and RED-diff, DEFT's 4-sample posterior mean) per protocol: sized for a
 #: 2-core CPU session; raise them (or set DEFTMED_BENCH_N_SLOW / _N_MEAN) for a real evaluation
-PLAN = {"ellipses64-sv20": (20, 40), "fan64-sv24": (5, 20)}
+PLAN = {"ellipses64-sv20": (20, 40), "fan64-sv24": (20, 20), "anatomy64-sv20": (20, 20)}
 RESULTS = Path(os.environ.get("DEFTMED_RESULTS", "results"))
 
 
@@ -99,6 +100,17 @@ def table(out: Path) -> str:
                      f"{_ci(mm['psnr_image'])} | {_ci3(mm['ssim_image'])} | "
                      f"{mm['data_misfit']['mean']:.3f} | {mm['seconds']['mean']:.2f} | "
                      f"{mm['nfe']['mean']:.0f} | {src}: {settings} |")
+    hu = [m for m in methods if "psnr_hu" in s["methods"][m]["metrics"]]
+    if hu:
+        lines += ["", "In Hounsfield units (window [-1000, 1000] HU; soft tissue W400/L40; "
+                  "MAE inside the body, ground truth above -500 HU):", "",
+                  "| method | n | PSNR HU (dB) | SSIM HU | PSNR soft tissue (dB) | MAE body (HU) |",
+                  "|---|---|---|---|---|---|"]
+        for m in hu:
+            mm = s["methods"][m]["metrics"]
+            lines.append(f"| {m} | {s['methods'][m]['n']} | {_ci(mm['psnr_hu'])} | "
+                         f"{_ci3(mm['ssim_hu'])} | {_ci(mm['psnr_soft'])} | "
+                         f"{_ci(mm['mae_body_hu'])} |")
     common, n_common = _common_psnr(out, methods)
     sec = {m: s["methods"][m]["metrics"]["seconds"]["mean"] for m in methods}
     notes = []

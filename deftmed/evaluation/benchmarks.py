@@ -58,6 +58,7 @@ SECTIONS: dict[str, str | Callable[..., str]] = {
     "prior": "deftmed.evaluation.bench_prior:section",
     "deft": "deftmed.evaluation.bench_deft:section",
     "methods": "deftmed.evaluation.bench_methods:section",
+    "natural": "deftmed.evaluation.bench_natural:section",
 }
 
 TITLES = {
@@ -65,6 +66,7 @@ TITLES = {
     "prior": "Prior: shipped `prior-ellipses64` quality and speed",
     "deft": "DEFT: fine-tuning and conditional sampling",
     "methods": "Methods: reconstruction quality and cost",
+    "natural": "Natural-image tasks (the paper's ImageNet tasks at 64x64 on a CPU)",
 }
 
 _FRAGMENT_MARK = "<!-- deftmed-bench-fragment:"
