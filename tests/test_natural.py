@@ -199,3 +199,24 @@ def test_phase_retrieval_h_gets_the_hio_channel(tmp_path, prior):
     with pytest.raises(GeometryError):
         build_method("deft", {"steps": 3}, prior=prior, deft_model=model).reconstruct(
             op(x), PhaseRetrieval(3), noise)
+
+
+def test_cli_finetune_for_an_operator(tmp_path, prior, capsys):
+    from deftmed.cli import main
+
+    prior_path = tmp_path / "prior.safetensors"
+    prior.save(prior_path)
+    out = tmp_path / "h.safetensors"
+    args = ["finetune", "--prior", str(prior_path), "--data", "ellipses", "--operator",
+            "{type: super_resolution, factor: 4, kind: block}", "--noise",
+            "{type: gaussian, sigma: 0.01}", "--steps", "2", "--batch-size", "2",
+            "--checkpoint-every", "2", "--val-every", "0", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    model = DeftModel.load(out)
+    assert model.binding.operator == SuperResolution(4, "block").to_dict()
+    assert model.binding.geometry == {}
+    bad = tmp_path / "bad.safetensors"
+    assert main(args[:6] + ["{type: zoom}"] + args[7:-3] + ["--out", str(bad)]) == 2
+    assert "unknown imaging operator" in capsys.readouterr().err and not bad.exists()
+    assert main(args[:-3] + ["--geometry", "parallel64-20", "--out", str(bad)]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -22,9 +22,9 @@ def register(sub) -> None:
                         "'{type: super_resolution, factor: 4}'")
     p.add_argument("--noise", default=None,
                    help="noise YAML file, or an inline mapping like '{type: gaussian, relative: 0.025}'")
-    p.add_argument("--data", default="ellipses",
-                   help="training images: 'ellipses', 'anatomy', 'natural', or a file/folder of "
-                        "images in [0,1]")
+    p.add_argument("--data", default=None,
+                   help="training images: 'ellipses' (default without --protocol), 'anatomy', "
+                        "'natural', or a file/folder of images in [0,1]")
     p.add_argument("--val-data", default=None,
                    help="validation images (default: the validation split of a phantom --data)")
     p.add_argument("--sim-size", type=int, default=None,
@@ -64,15 +64,14 @@ def register(sub) -> None:
 def run_finetune(args) -> int:
     from deftmed.data.datasets import PHANTOM_KINDS, open_images
     from deftmed.deft.finetune import finetune
+    from deftmed.cli.common import load_mapping_arg, load_noise_arg
     from deftmed.deft.hnet import HNetConfig
-    from deftmed.diffusion.prior import DiffusionPrior
     from deftmed.distributed import pick_device
     from deftmed.errors import ConfigError
     from deftmed.fileio import check_writable
     from deftmed.physics.geometry import ScanGeometry
-    from deftmed.cli.common import load_mapping_arg, load_noise_arg
     from deftmed.physics.raytransform import RayTransform
-    from deftmed.shipped import resolve_checkpoint
+    from deftmed.shipped import load_prior
 
     check_writable(args.out)
     geometry = operator = None
@@ -87,7 +86,8 @@ def run_finetune(args) -> int:
             geometry = proto.geometry()
         else:
             operator = proto.operators()[0]
-        args.data = proto.dataset["kind"] if proto.dataset["kind"] in PHANTOM_KINDS else args.data
+        if args.data is None and proto.dataset["kind"] in PHANTOM_KINDS:
+            args.data = proto.dataset["kind"]
         args.sim_size = args.sim_size or proto.simulation_size
     else:
         if not ((args.geometry or args.operator) and args.noise):
@@ -102,7 +102,7 @@ def run_finetune(args) -> int:
             from deftmed.physics.imaging import build_operator
             operator = build_operator(load_mapping_arg(args.operator, "--operator"))
     device = pick_device(args.device)
-    prior = DiffusionPrior.load(resolve_checkpoint(args.prior or "prior-ellipses64"), device)
+    prior = load_prior(args.prior or "prior-ellipses64", device)
     sim_op = None
     if geometry is not None:
         if geometry.shape[0] != prior.spec.image_size:
@@ -116,9 +116,15 @@ def run_finetune(args) -> int:
             sim_op = RayTransform(geometry.scaled(args.sim_size))
     else:
         op = operator
-    source = open_images(args.data, "train", prior.spec.image_size)
-    val_spec = args.val_data or (args.data if args.data in PHANTOM_KINDS else None)
-    val = open_images(val_spec, "validation", prior.spec.image_size) if val_spec else None
+    if args.protocol and args.data is None:  # the protocol's own dataset (e.g. files)
+        source = proto.images("train")
+        val = proto.images("validation") if not args.val_data else \
+            open_images(args.val_data, "validation", prior.spec.image_size)
+    else:
+        args.data = args.data or "ellipses"
+        source = open_images(args.data, "train", prior.spec.image_size)
+        val_spec = args.val_data or (args.data if args.data in PHANTOM_KINDS else None)
+        val = open_images(val_spec, "validation", prior.spec.image_size) if val_spec else None
     hcfg = HNetConfig(channels=args.channels, variant=args.variant)
     return run_training(
         lambda dist, command: finetune(prior, op, noise, source, hcfg, train_config(args),
@@ -136,7 +142,7 @@ def run_reconstruct(args) -> int:
     from deftmed.errors import ConfigError
     from deftmed.methods.base import reconstruct_in_batches
     from deftmed.physics.geometry import ScanGeometry
-    from deftmed.cli.common import load_mapping_arg, load_noise_arg
+    from deftmed.cli.common import load_noise_arg
     from deftmed.physics.raytransform import RayTransform
 
     check_output(args.out)

@@ -95,14 +95,13 @@ def run_sample(args) -> int:
     import torch
 
     from deftmed.diffusion.ddim import sample_unconditional
-    from deftmed.diffusion.prior import DiffusionPrior
     from deftmed.diffusion.train import save_sample_grid
     from deftmed.distributed import pick_device
     from deftmed.fileio import check_writable
-    from deftmed.shipped import resolve_checkpoint
+    from deftmed.shipped import load_prior
 
     check_writable(args.out)
-    prior = DiffusionPrior.load(resolve_checkpoint(args.prior), pick_device(args.device))
+    prior = load_prior(args.prior, pick_device(args.device))
     gen = torch.Generator().manual_seed(args.seed)
     samples = sample_unconditional(prior, args.n, args.steps, args.eta, args.spacing, gen,
                                    progress=True)

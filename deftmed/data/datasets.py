@@ -95,10 +95,12 @@ class ArraySource(ImageSource):
             images = images[None]
         if images.ndim == 4 and images.shape[1] == 1:
             images = images[:, 0]
-        if images.ndim != 3:
-            raise DataFormatError(f"expected images of shape (N, H, W), got {images.shape}")
-        if images.shape[1] != images.shape[2]:
-            raise DataFormatError(f"deftmed needs square images, got {images.shape[1:]} ")
+        if not (images.ndim == 3 or (images.ndim == 4 and images.shape[1] == 3)):
+            raise DataFormatError(f"expected images of shape (N, H, W) or (N, 3, H, W), got "
+                                  f"{images.shape}")
+        if images.shape[-2] != images.shape[-1]:
+            raise DataFormatError(f"deftmed needs square images, got {images.shape[-2:]} ")
+        self.channels = 3 if images.ndim == 4 else 1
         bad = ~np.isfinite(images)
         if bad.any():
             raise InvalidValueError(f"images contain {int(bad.sum())} NaN/Inf values")
@@ -127,6 +129,31 @@ def phantom_intensity(kind: str) -> dict | None:
     return None
 
 
+def _colour_source(path: Path, image_size: int | None) -> ArraySource:
+    """A folder of colour photographs (PNG/JPEG, e.g. ImageNet validation images): each is
+    centre-cropped to a square and resized to ``image_size`` (antialiased), RGB in [0, 1]."""
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise DataFormatError(f"folder {path} holds no .png/.jpg/.jpeg images")
+    out = []
+    for f in files:
+        try:
+            img = Image.open(f).convert("RGB")
+        except OSError as exc:
+            raise DataFormatError(f"{f}: not a readable image ({exc})") from None
+        w, h = img.size
+        side = min(w, h)
+        img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side,
+                        (h - side) // 2 + side))
+        if image_size:
+            img = img.resize((image_size, image_size), Image.BICUBIC, reducing_gap=None)
+        out.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+    return ArraySource(np.clip(np.stack(out), 0, 1), {"source": "files", "path": str(path),
+                                                       "files": len(files), "colour": True})
+
+
 def _dicom_source(path: Path, image_size: int | None) -> ArraySource:
     """A DICOM file or series folder (e.g. AAPM/Mayo): HU -> model range with the LoDoPaB
     intensity transform (the one the CT priors use), clipped to [0, 1], resized if asked."""
@@ -145,10 +172,12 @@ def _dicom_source(path: Path, image_size: int | None) -> ArraySource:
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize (N, H, W) images with antialiasing (area-like)."""
-    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
-    return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear",
-                                           antialias=True, align_corners=False)[:, 0].numpy()
+    """Resize (N, H, W) or (N, C, H, W) images with antialiasing (area-like)."""
+    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    grey = t.ndim == 3
+    out = torch.nn.functional.interpolate(t.unsqueeze(1) if grey else t, size=(size, size),
+                                          mode="bilinear", antialias=True, align_corners=False)
+    return (out[:, 0] if grey else out).numpy()
 
 
 def _load_file_images(path: Path) -> np.ndarray:
@@ -161,12 +190,14 @@ def _load_file_images(path: Path) -> np.ndarray:
 
 
 def open_images(spec: str, split: str = "train", image_size: int | None = None,
-                length: int | None = None) -> ImageSource:
+                length: int | None = None, channels: int = 1) -> ImageSource:
     """An image source from a phantom name or a file / folder path.
 
     ``ellipses`` / ``anatomy``: generated phantoms of ``split`` (``length`` images, default
     32000 for train and 1000 otherwise). A path: a ``.npy``/``.npz``/``.h5`` file, or a folder of
-    them or of PNGs, whose values must already be in the model range [0, 1].
+    them or of PNGs, whose values must already be in the model range [0, 1]; with
+    ``channels=3`` a folder of colour PNG/JPEG photographs (centre-cropped, resized). A DICOM
+    file or series folder is read in HU and mapped with the LoDoPaB intensity transform.
     """
     if spec in PHANTOM_KINDS:
         if image_size is None:
@@ -179,6 +210,8 @@ def open_images(spec: str, split: str = "train", image_size: int | None = None,
                               "nor an existing file or folder")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in
                    (".npy", ".npz", ".h5", ".hdf5", ".png")) if path.is_dir() else [path]
+    if channels == 3 and path.is_dir():
+        return _colour_source(path, image_size)
     if (path.is_dir() and not files) or path.suffix.lower() in (".dcm", ".ima"):
         return _dicom_source(path, image_size)
     if not files:

@@ -202,7 +202,8 @@ class Protocol:
         if not path.exists():
             raise ConfigError(f"protocol {self.name} needs {path} (set DEFTMED_DATA to the data "
                               f"root; see data_manifests/ and `deftmed data verify`)")
-        return open_images(str(path), split, self.image_size)
+        return open_images(str(path), split, self.image_size,
+                           channels=int(self.dataset.get("channels", 1)))
 
     def operators(self, device="cpu"):
         """``(op, sim_op)``: the reconstruction operator and the (finer) simulation operator

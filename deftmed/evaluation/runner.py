@@ -122,13 +122,12 @@ class MethodFactory:
         return name
 
     def _prior(self, protocol, device):
-        from deftmed.diffusion.prior import DiffusionPrior
-        from deftmed.shipped import resolve_checkpoint
+        from deftmed.shipped import load_prior
 
         key = ("prior", self._weights(protocol, "prior"), str(device))
         if key not in self._cache:
             self._cache.clear()
-            self._cache[key] = DiffusionPrior.load(resolve_checkpoint(key[1]), device)
+            self._cache[key] = load_prior(key[1], device)
         return self._cache[key]
 
     def _deft(self, protocol, device):

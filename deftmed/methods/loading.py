@@ -25,9 +25,8 @@ def load_deft(h: str, prior: str | None, device, steps: int = 100, eta: float = 
     Without ``prior`` the shipped prior the h-transform was fine-tuned on is used.
     """
     from deftmed.deft.model import DeftModel
-    from deftmed.diffusion.prior import DiffusionPrior
     from deftmed.methods.deft import DEFTReconstructor
-    from deftmed.shipped import resolve_checkpoint
+    from deftmed.shipped import load_prior, resolve_checkpoint
 
     model = DeftModel.load(resolve_checkpoint(h), device)
     if prior is None:
@@ -37,6 +36,6 @@ def load_deft(h: str, prior: str | None, device, steps: int = 100, eta: float = 
                                   "give it with --prior")
     else:
         path = resolve_checkpoint(prior)
-    p = DiffusionPrior.load(path, device)
+    p = load_prior(path, device)
     method = DEFTReconstructor(p, model, steps, eta, samples)
     return method, model.binding.noise_model(), p.spec.intensity

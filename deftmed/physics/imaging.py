@@ -632,7 +632,7 @@ class SuperResolution(ImagingOperator):
             self._cache[n] = (d, pinv)
         return self._cache[n]
 
-    def _apply(self, t: torch.Tensor, transpose: bool) -> torch.Tensor:
+    def _resample(self, t: torch.Tensor, transpose: bool) -> torch.Tensor:
         """``D_H t D_W^T`` (forward) or ``D_H^T t D_W`` (adjoint) on each channel."""
         _check_image(t)
         f = self.factor if transpose else 1
@@ -642,10 +642,10 @@ class SuperResolution(ImagingOperator):
         return torch.einsum("ih,bchw,jw->bcij", dh, t, dw)
 
     def forward(self, x):
-        return self._apply(x, transpose=False)
+        return self._resample(x, transpose=False)
 
     def adjoint(self, y):
-        return self._apply(y, transpose=True)
+        return self._resample(y, transpose=True)
 
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
         """Pseudo-inverse ``A^+ y = D_H^+ y D_W^{+T}``."""

@@ -123,7 +123,7 @@ class _Projection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t, rt, direction):  # type: ignore[override]
         ctx.rt, ctx.direction = rt, direction
-        return rt._apply(t, direction)
+        return rt._project(t, direction)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -208,7 +208,7 @@ class RayTransform(torch.nn.Module):
         return t
 
     # ------------------------------------------------------------------ numerics
-    def _apply(self, t: torch.Tensor, direction: str) -> torch.Tensor:
+    def _project(self, t: torch.Tensor, direction: str) -> torch.Tensor:
         """Apply forward/adjoint to each batch item in float32 NumPy; no checks, no autograd."""
         arr = t.detach().to(device="cpu", dtype=torch.float32).numpy()
         if direction == "forward":
