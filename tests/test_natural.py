@@ -220,3 +220,17 @@ def test_cli_finetune_for_an_operator(tmp_path, prior, capsys):
     assert "unknown imaging operator" in capsys.readouterr().err and not bad.exists()
     assert main(args[:-3] + ["--geometry", "parallel64-20", "--out", str(bad)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_colour_benchmark_and_report(tmp_path):
+    from deftmed.evaluation.report import write_report
+    from deftmed.evaluation.runner import read_rows, run_benchmark
+
+    proto = natural_protocol(tmp_path, {"type": "super_resolution", "factor": 4, "kind": "block"})
+    out = tmp_path / "res"
+    run_benchmark(proto, ["direct"], 2, out, torch.device("cpu"), keep=2)
+    rows = read_rows(out)
+    assert len(rows) == 2 and all(float(r["psnr"]) > 10 for r in rows)
+    paths = write_report(out, tmp_path / "report.html")
+    html = open(paths["html"]).read()
+    assert html.count("<img") >= 2 and "direct" in html

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deftmed.display import as_display
+
 from deftmed.errors import ConfigError
 from deftmed.fileio import atomic_path
 
@@ -70,8 +72,9 @@ def qualitative_grid(truth: dict, recons: dict[str, dict], methods: list[str],
     fig, axes = plt.subplots(len(idx), len(cols), figsize=(1.9 * len(cols), 1.9 * len(idx)),
                              squeeze=False)
     for r, i in enumerate(idx):
-        gt = truth["image"][r, 0]
-        r0, r1, c0, c1 = _zoom_box(gt.shape)
+        gt_chw = truth["image"][r]
+        gt = as_display(gt_chw)
+        r0, r1, c0, c1 = _zoom_box(gt.shape[:2])
         for c, name in enumerate(cols):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -84,8 +87,8 @@ def qualitative_grid(truth: dict, recons: dict[str, dict], methods: list[str],
                 if len(pos) == 0:
                     ax.text(0.5, 0.5, "n/a", ha="center", va="center")
                     continue
-                img = rec["image"][pos[0], 0]
-                label = f"{float(psnr(img, gt)[0]):.2f} dB"
+                img = as_display(rec["image"][pos[0]])
+                label = f"{float(psnr(rec['image'][pos[0]][None], gt_chw[None])[0]):.2f} dB"
             ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False,
                                        edgecolor="yellow", linewidth=0.8))
@@ -115,7 +118,7 @@ def error_maps(truth: dict, recons: dict[str, dict], methods: list[str], rows: i
         for r, i in enumerate(idx):
             pos = np.nonzero(rec["index"] == i)[0] if rec is not None else []
             if len(pos):
-                errs[(m, r)] = np.abs(rec["image"][pos[0], 0] - truth["image"][r, 0])
+                errs[(m, r)] = np.abs(rec["image"][pos[0]] - truth["image"][r]).mean(axis=0)
     if not errs:
         return None
     vmax = float(np.percentile(np.concatenate([e.ravel() for e in errs.values()]), 99.5)) or 1e-6

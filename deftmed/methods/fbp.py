@@ -37,6 +37,9 @@ class DirectReconstructor(Reconstructor):
 
     name = "direct"
 
+    def __init__(self):  # no hyper-parameters
+        pass
+
     def _reconstruct(self, y, operator, noise, generator) -> Reconstruction:
         from deftmed.methods.tv import linearised_data
 
