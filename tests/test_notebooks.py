@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 PRIOR = os.environ.get("DEFTMED_TEST_PRIOR", "prior-ellipses64")
 H = os.environ.get("DEFTMED_TEST_H", "deft-ellipses64-sv20")
+ANATOMY_PRIOR = os.environ.get("DEFTMED_TEST_ANATOMY_PRIOR", "prior-anatomy64")
+ANATOMY_H = os.environ.get("DEFTMED_TEST_ANATOMY_H", "deft-anatomy64-sv20")
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +39,8 @@ CASES = {
         ["sinogram.png", "reconstructions.png", "dicom_roundtrip.png", "metrics.csv",
          "sinograms.npy"]),
     "02_clinical_evaluation.ipynb": (
-        {"N_IMAGES": 2, "STEPS": 4, "SAMPLES": 2, "TV_ITERATIONS": 20, "PRIOR": PRIOR, "H": H},
+        {"N_IMAGES": 2, "STEPS": 4, "SAMPLES": 2, "TV_ITERATIONS": 20, "PRIOR": ANATOMY_PRIOR,
+         "H": ANATOMY_H},
         ["cohort_soft_tissue.png", "windows.png", "difference_maps.png", "profiles.png",
          "uncertainty.png", "real_ct.png", "per_case_metrics.csv", "cohort_metrics.csv",
          "roi_stats.csv", "lesion_cnr.csv", "uncertainty_correlation.csv",
@@ -54,7 +57,7 @@ def _missing_weights() -> str | None:
     from deftmed.errors import CheckpointError
     from deftmed.shipped import resolve_checkpoint
 
-    for name in (PRIOR, H):
+    for name in (PRIOR, H, ANATOMY_PRIOR, ANATOMY_H):
         try:
             resolve_checkpoint(name)
         except CheckpointError as exc:
