@@ -34,6 +34,10 @@ def register(sub) -> None:
     p.add_argument("--channels", type=_int_tuple, default=(8, 16, 32), help="h-network UNet channels")
     p.add_argument("--backprojection", default="fbp", choices=["fbp", "adjoint"],
                    help="B in the guidance input g = B(score)")
+    p.add_argument("--guidance-filter", default="Hann",
+                   help="FBP filter of the guidance back-projection (CT)")
+    p.add_argument("--guidance-frequency-scaling", type=float, default=1.0,
+                   help="FBP cut-off of the guidance back-projection (CT; < 1 smooths noisy data)")
     add_training_args(p, steps=2000, lr=1e-3, warmup=100, checkpoint_every=250)
     p.add_argument("--val-every", type=int, default=500, help="validation period in steps (0: off)")
     p.add_argument("--val-n", type=int, default=4)
@@ -129,7 +133,10 @@ def run_finetune(args) -> int:
     return run_training(
         lambda dist, command: finetune(prior, op, noise, source, hcfg, train_config(args),
                                        args.out, device, dist, args.resume,
-                                       {"backprojection": args.backprojection}, sim_op, val,
+                                       {"backprojection": args.backprojection,
+                                        "filter_type": args.guidance_filter,
+                                        "frequency_scaling": args.guidance_frequency_scaling},
+                                       sim_op, val,
                                        args.val_n, args.val_every, args.val_steps, command),
         "h-transform", device)
 

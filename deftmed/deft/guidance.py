@@ -72,6 +72,13 @@ class Guidance:
         if self.backprojection not in BACKPROJECTIONS:
             raise ConfigError(f"unknown back-projection {self.backprojection!r}; "
                               f"use one of {BACKPROJECTIONS}")
+        from deftmed.physics.raytransform import FBP_FILTERS
+        if str(self.filter_type).lower() not in {f.lower() for f in FBP_FILTERS}:
+            raise ConfigError(f"unknown guidance FBP filter {self.filter_type!r}; use one of "
+                              f"{FBP_FILTERS}")
+        if not 0 < float(self.frequency_scaling) <= 1:
+            raise ConfigError(f"guidance frequency scaling must be in (0, 1], got "
+                              f"{self.frequency_scaling}")
 
     def back(self, sino: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         if not is_ct(self.op):
