@@ -76,6 +76,28 @@ def h_summary(protocols=PROTOCOLS) -> str:
             "of the first 8 validation images, fixed noise.\nCommands:\n" + "\n".join(commands))
 
 
+def prior_summary(names) -> str:
+    """Size, training steps, wall time and command of shipped priors (from their metadata)."""
+    from deftmed.checkpoint import read_metadata
+    from deftmed.shipped import resolve_checkpoint
+
+    lines = ["| prior | parameters | data | warm start | steps | wall time | command |",
+             "|---|---|---|---|---|---|---|"]
+    for name in names:
+        try:
+            m = read_metadata(resolve_checkpoint(name))
+        except Exception as exc:  # missing weights: say so, do not fail the section
+            lines.append(f"| {name} | not available: {exc} | | | | | |")
+            continue
+        tr = m.get("training", {})
+        data = (tr.get("data") or {}).get("kind") or (tr.get("data") or {}).get("source")
+        wall = tr.get("wall_seconds")
+        lines.append(f"| {name} | {m.get('parameters', 0):,} | {data} | "
+                     f"{'yes' if tr.get('init') else 'no'} | {tr.get('step')} | "
+                     f"{'%.0f min' % (wall / 60) if wall else 'n/a'} | `{tr.get('command')}` |")
+    return "\n".join(lines)
+
+
 def _timed(fn, repeats: int = 2) -> float:
     best = float("inf")
     for _ in range(repeats):

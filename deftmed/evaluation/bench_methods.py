@@ -27,6 +27,13 @@ N_FAST = int(os.environ.get("DEFTMED_BENCH_N", 100))
 #: 2-core CPU session; raise them (or set DEFTMED_BENCH_N_SLOW / _N_MEAN) for a real evaluation
 PLAN = {"ellipses64-sv20": (20, 40), "fan64-sv24": (20, 20), "anatomy64-sv20": (20, 20)}
 RESULTS = Path(os.environ.get("DEFTMED_RESULTS", "results"))
+#: protocols whose prior and h-transforms the `prior` and `deft` sections already describe
+SHIPPED_BEFORE = ("ellipses64-sv20", "fan64-sv24")
+
+
+def protocol_weights(protocol: str, key: str) -> str:
+    from deftmed.evaluation.protocol import Protocol
+    return Protocol.load(protocol).weights[key]
 
 
 LOSS_ANALYSIS = (
@@ -143,6 +150,11 @@ def section(quick: bool = False) -> str:
         try:
             out = run(protocol, quick)
             parts.append(f"### {protocol}\n\n" + table(out) + "\n")
+            if protocol not in SHIPPED_BEFORE:  # models trained for this protocol alone
+                from deftmed.evaluation.bench_deft import h_summary, prior_summary
+                proto_prior = protocol_weights(protocol, "prior")
+                parts.append("Models of this protocol:\n\n" + prior_summary([proto_prior])
+                             + "\n\n" + h_summary((protocol,)) + "\n")
         except Exception as exc:  # noqa: BLE001 - report what is missing, keep other protocols
             parts.append(f"### {protocol}\n\nNot measured: {exc}\n")
     return "\n".join(parts)

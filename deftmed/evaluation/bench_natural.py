@@ -87,6 +87,10 @@ def section(quick: bool = False) -> str:
              "model saw. PSNR/SSIM with fixed range 1, channels averaged; 95 % intervals in "
              "brackets. The non-linear deblurring operator is a self-contained stand-in for the "
              "paper's learned blur (see `deftmed.physics.imaging.NonlinearBlur`).\n"]
+    from deftmed.evaluation.bench_deft import h_summary, prior_summary
+
+    parts += ["### Models\n", prior_summary(["prior-natural64"]), "",
+              h_summary(tuple(f"natural64-{t}" for t in TASKS)), ""]
     verdicts = []
     for task in TASKS:
         try:
