@@ -54,7 +54,7 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
-    from deftmed.data.datasets import open_images, phantom_intensity
+    from deftmed.data.datasets import open_images, dataset_intensity
     from deftmed.diffusion.prior import PriorSpec
     from deftmed.diffusion.schedule import NoiseSchedule
     from deftmed.diffusion.train import train_prior
@@ -63,7 +63,7 @@ def run_train(args) -> int:
 
     device = pick_device(args.device)
     source = open_images(args.data, "train", args.image_size)
-    intensity = phantom_intensity(args.data)
+    intensity = dataset_intensity(args.data)
     init = None
     if args.init:
         from deftmed.diffusion.prior import DiffusionPrior

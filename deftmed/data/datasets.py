@@ -118,13 +118,15 @@ class ArraySource(ImageSource):
         return imgs
 
 
-def phantom_intensity(kind: str) -> dict | None:
-    """The intensity transform (as a dict) that the phantom kind's model range means."""
+def dataset_intensity(kind: str) -> dict | None:
+    """The intensity transform (as a dict) that a dataset kind's model range means (None for
+    kinds without one, e.g. natural images or arbitrary files)."""
     if kind == "ellipses":
         from deftmed.data.intensity import ELLIPSES
         return ELLIPSES.to_dict()
-    if kind == "anatomy":
-        from deftmed.data.intensity import LODOPAB  # anatomical_dataset's default mapping
+    if kind in ("anatomy", "lodopab", "aapm"):
+        # anatomical_dataset's default mapping; the LoDoPaB scale; DICOM HU read with it
+        from deftmed.data.intensity import LODOPAB
         return LODOPAB.to_dict()
     return None
 

@@ -144,18 +144,13 @@ class Protocol:
         unknown = sorted(set(cfg) - set(HU_DEFAULTS) - {"intensity"})
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}")
-        from deftmed.data.intensity import LODOPAB, IntensityTransform
-        if "intensity" in cfg:
-            intensity = IntensityTransform.from_dict(cfg["intensity"])
-        else:
-            from deftmed.data.datasets import phantom_intensity
-            d = phantom_intensity(self.dataset["kind"]) if self.dataset["kind"] in (
-                "ellipses", "anatomy") else (LODOPAB.to_dict() if self.dataset["kind"] == "lodopab"
-                                             else None)
-            if d is None:
-                raise ConfigError(f"{where}: dataset kind {self.dataset['kind']!r} declares no "
-                                  "intensity transform; give metrics.hu.intensity")
-            intensity = IntensityTransform.from_dict(d)
+        from deftmed.data.datasets import dataset_intensity
+        from deftmed.data.intensity import IntensityTransform
+        d = cfg.get("intensity") or dataset_intensity(self.dataset["kind"])
+        if d is None:
+            raise ConfigError(f"{where}: dataset kind {self.dataset['kind']!r} declares no "
+                              "intensity transform; give metrics.hu.intensity")
+        intensity = IntensityTransform.from_dict(d)
         kwargs = {}
         for key, default in HU_DEFAULTS.items():
             v = cfg.get(key, default)
