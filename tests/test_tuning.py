@@ -114,3 +114,14 @@ def test_cli_tune_with_registry(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     d = load_tuned(proto, "fbp", defaults=registry.default_settings("fbp"))
     assert d["search"]["kind"] == "random" and len(d["log"]) == 4
+
+
+def test_tune_with_an_explicit_space(tmp_path):
+    proto = tiny_protocol(tmp_path)
+    rec = tune(proto, "fake", budget=None, n_val=2, device="cpu", factory=FakeFactory(),
+               space={"scale": [0.8, 1.1]}, write=False)
+    assert rec["search"]["space"] == {"scale": [0.8, 1.1]}
+    assert [t["settings"]["scale"] for t in rec["log"]] == [1.0, 0.8, 1.1]  # defaults first
+    with pytest.raises(ConfigError, match="non-empty list"):
+        tune(proto, "fake", n_val=2, device="cpu", factory=FakeFactory(), space={"scale": 2.0},
+             write=False)

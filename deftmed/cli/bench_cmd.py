@@ -8,6 +8,18 @@ def _methods_arg(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
 
+def _space_arg(text: str) -> dict:
+    """``zeta=10,30,100`` -> {"zeta": [10, 30, 100]} (values parsed as YAML scalars)."""
+    import argparse
+
+    import yaml
+
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise argparse.ArgumentTypeError(f"expected SETTING=V1,V2,..., got {text!r}")
+    return {key.strip(): [yaml.safe_load(v) for v in values.split(",")]}
+
+
 def _override_arg(text: str) -> dict:
     """``--set deft.steps=50`` -> {"deft": {"steps": 50}} (values parsed as YAML scalars)."""
     import yaml
@@ -30,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--n-val", type=int, default=8, help="first N validation images")
     p.add_argument("--search", default="auto", choices=["auto", "grid", "random"],
                    help="auto: the whole grid when it fits the budget, else random points")
+    p.add_argument("--space", dest="space", action="append", type=_space_arg, default=[],
+                   help="search these values instead of the default grid, e.g. "
+                        "--space zeta=10,30,100 (repeatable)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="random search and sampling seed")
     p.add_argument("--out", default=None,
@@ -76,7 +91,8 @@ def run_tune(args) -> int:
 
     rec = tune(args.protocol, args.method, args.budget, args.n_val, search=args.search,
                seed=args.seed, device=pick_device(args.device), batch_size=args.batch_size,
-               progress=not args.no_progress, out=args.out)
+               progress=not args.no_progress, out=args.out,
+               space={k: v for d in args.space for k, v in d.items()} or None)
     obj = rec["objective"]
     print(f"{args.method}: best validation PSNR {obj['value']:.2f} dB over {len(rec['log'])} "
           f"settings ({rec['search']['kind']} search; defaults: {obj['default_value']})")

@@ -149,7 +149,8 @@ def _yaml_safe(obj):
 
 def tune(protocol, method: str, budget: int | None = 20, n_val: int = 8, *, search: str = "auto",
          seed: int = 0, device=None, batch_size: int = 8, progress: bool = False,
-         factory=None, tuned_dir=None, out=None, write: bool = True) -> dict:
+         factory=None, tuned_dir=None, out=None, write: bool = True,
+         space: dict | None = None) -> dict:
     """Search ``method``'s settings on the validation split; write and return the tuned record.
 
     Args:
@@ -161,6 +162,8 @@ def tune(protocol, method: str, budget: int | None = 20, n_val: int = 8, *, sear
         seed: seeds the random search and the sampling noise of stochastic methods.
         out: file to write (default ``protocols/tuned/<protocol>/<method>.yaml``).
         write: False to only return the record.
+        space: ``{setting: [values]}`` searched instead of the method's default grid (e.g. to
+            extend a grid whose best value lay on its edge).
     """
     import time
 
@@ -182,7 +185,10 @@ def tune(protocol, method: str, budget: int | None = 20, n_val: int = 8, *, sear
         raise ConfigError(f"--n-val must be between 1 and the protocol's {n_avail} validation "
                           f"images, got {n_val}")
     defaults = factory.default_settings(method)
-    space = factory.search_space(method)
+    space = dict(space) if space else factory.search_space(method)
+    if any(not isinstance(v, (list, tuple)) or not v for v in space.values()):
+        raise ConfigError(f"search space of {method} needs a non-empty list per setting, got "
+                          f"{space}")
     unknown = sorted(set(space) - set(defaults)) if defaults else []
     if unknown:
         raise ConfigError(f"search space of {method} has key(s) {unknown} it does not take")

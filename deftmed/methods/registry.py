@@ -45,7 +45,7 @@ METHODS: dict[str, MethodInfo] = {
                      {"lam": [0.3, 1.0, 3.0, 10.0, 30.0, 100.0]},
                      "total-variation regularised least squares (Chambolle-Pock)"),
     "dps": MethodInfo("deftmed.methods.dps", "DPSReconstructor", True, False,
-                      {"zeta": [0.1, 0.3, 1.0, 3.0, 10.0]},
+                      {"zeta": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]},
                       "diffusion posterior sampling (Chung et al. 2023)"),
     "reddiff": MethodInfo("deftmed.methods.reddiff", "REDDiffReconstructor", True, False,
                           {"lam": [0.0, 0.003, 0.01, 0.03, 0.1, 0.25, 1.0],
