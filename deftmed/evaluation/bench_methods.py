@@ -208,8 +208,8 @@ def speed_one_run(protocol: str = "ellipses64-sv20", quick: bool = False) -> str
         sec[m] = (time.perf_counter() - t0) / n
         rows.append(f"| {m} | {settings.get('steps')} | {sec[m]:.2f} | "
                     f"{sec[m] / sec['deft']:.1f}x |")
-    return (f"Protocol `{protocol}`, first {n} test image(s) one at a time, tuned settings, torch "
-            f"threads {torch.get_num_threads()}, after one warm-up call each.\n\n"
+    return (f"Protocol `{protocol}`, first {n} test image(s) one at a time, tuned settings, "
+            f"torch threads {torch.get_num_threads()}, after one warm-up call each.\n\n"
             "| method | steps | s/image | relative to DEFT |\n|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nDEFT is **{sec['dps'] / sec['deft']:.1f}x** faster than "
             f"DPS and **{sec['reddiff'] / sec['deft']:.1f}x** faster than RED-diff here "
