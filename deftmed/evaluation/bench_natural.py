@@ -22,7 +22,7 @@ TASKS = tuple(os.environ.get("DEFTMED_BENCH_NATURAL",
                              "inpaint,sr4,hdr,phase,nlblur").split(","))
 SVD_TASKS = ("inpaint", "sr4")
 N_FAST = int(os.environ.get("DEFTMED_BENCH_NATURAL_N", 20))
-N_SLOW = int(os.environ.get("DEFTMED_BENCH_NATURAL_N_SLOW", 5))
+N_SLOW = int(os.environ.get("DEFTMED_BENCH_NATURAL_N_SLOW", 3))
 RESULTS = Path(os.environ.get("DEFTMED_RESULTS", "results"))
 
 
