@@ -25,7 +25,7 @@ MEAN = ("deft-mean",)
 N_FAST = int(os.environ.get("DEFTMED_BENCH_N", 100))
 #: images for (DPS and RED-diff, DEFT's 4-sample posterior mean) per protocol: sized for a
 #: 2-core CPU session; raise them (or set DEFTMED_BENCH_N_SLOW / _N_MEAN) for a real evaluation
-PLAN = {"ellipses64-sv20": (20, 40), "fan64-sv24": (20, 20), "anatomy64-sv20": (20, 20)}
+PLAN = {"ellipses64-sv20": (20, 40), "fan64-sv24": (20, 20), "anatomy64-sv20": (10, 20)}
 RESULTS = Path(os.environ.get("DEFTMED_RESULTS", "results"))
 #: protocols whose prior and h-transforms the `prior` and `deft` sections already describe
 SHIPPED_BEFORE = ("ellipses64-sv20", "fan64-sv24")
