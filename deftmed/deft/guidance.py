@@ -72,13 +72,9 @@ class Guidance:
         if self.backprojection not in BACKPROJECTIONS:
             raise ConfigError(f"unknown back-projection {self.backprojection!r}; "
                               f"use one of {BACKPROJECTIONS}")
-        from deftmed.physics.raytransform import FBP_FILTERS
-        if str(self.filter_type).lower() not in {f.lower() for f in FBP_FILTERS}:
-            raise ConfigError(f"unknown guidance FBP filter {self.filter_type!r}; use one of "
-                              f"{FBP_FILTERS}")
-        if not 0 < float(self.frequency_scaling) <= 1:
-            raise ConfigError(f"guidance frequency scaling must be in (0, 1], got "
-                              f"{self.frequency_scaling}")
+        if is_ct(self.op) and self.backprojection == "fbp":
+            from deftmed.physics.raytransform import check_fbp_filter
+            check_fbp_filter(self.filter_type, self.frequency_scaling, ConfigError, "guidance: ")
 
     def back(self, sino: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         if not is_ct(self.op):
@@ -91,7 +87,7 @@ class Guidance:
 
     def for_operator(self, op) -> "Guidance":
         """The same guidance for another operator of the family (e.g. a new inpainting mask)."""
-        return replace(self, op=op)
+        return self if op is self.op else replace(self, op=op)
 
     @torch.no_grad()
     def __call__(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -91,14 +91,10 @@ def search_space(name: str) -> dict[str, list]:
 
 def _check_fbp(settings: dict) -> None:
     """FBPReconstructor checks its filter only when it runs; check it at build time."""
-    from deftmed.physics.raytransform import FBP_FILTERS
+    from deftmed.physics.raytransform import check_fbp_filter
 
-    filt = settings.get("filter_type", "Hann")
-    if not isinstance(filt, str) or filt.lower() not in {f.lower() for f in FBP_FILTERS}:
-        raise ConfigError(f"fbp: unknown filter_type {filt!r}; expected one of {FBP_FILTERS}")
-    fs = settings.get("frequency_scaling", 1.0)
-    if isinstance(fs, bool) or not isinstance(fs, (int, float)) or not 0 < fs <= 1:
-        raise ConfigError(f"fbp: frequency_scaling must be in (0, 1], got {fs!r}")
+    check_fbp_filter(settings.get("filter_type", "Hann"), settings.get("frequency_scaling", 1.0),
+                     ConfigError, "fbp: ")
 
 
 def build_method(name: str, settings: dict | None = None, prior=None,

@@ -16,6 +16,7 @@ area for images, angle step x detector pixel for sinograms); we undo that weight
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import warnings
 from typing import Any
@@ -26,10 +27,25 @@ import torch
 from deftmed.errors import GeometryError, InvalidValueError, ShapeError
 from deftmed.physics.geometry import ScanGeometry
 
-__all__ = ["RayTransform", "odl_space", "odl_geometry", "select_backend", "FBP_FILTERS"]
+__all__ = ["RayTransform", "odl_space", "odl_geometry", "select_backend", "FBP_FILTERS",
+           "check_fbp_filter"]
 
 
 FBP_FILTERS = ("Ram-Lak", "Shepp-Logan", "Cosine", "Hamming", "Hann")
+
+
+def check_fbp_filter(filter_type, frequency_scaling, error: type = InvalidValueError,
+                     where: str = "") -> tuple[str, float]:
+    """``(canonical filter name, cut-off)``, or ``error`` naming the bad value: the filter must
+    be one of `FBP_FILTERS` (any case) and the relative cut-off a number in (0, 1]."""
+    names = {f.lower(): f for f in FBP_FILTERS}
+    if not isinstance(filter_type, str) or filter_type.lower() not in names:
+        raise error(f"{where}unknown FBP filter_type {filter_type!r}; expected one of "
+                    f"{FBP_FILTERS}")
+    fs = frequency_scaling
+    if isinstance(fs, bool) or not isinstance(fs, numbers.Real) or not 0 < fs <= 1:
+        raise error(f"{where}frequency_scaling must be in (0, 1], got {frequency_scaling!r}")
+    return names[filter_type.lower()], float(fs)
 _BACKENDS = ("auto", "astra_cpu", "astra_cuda")
 
 
@@ -246,14 +262,7 @@ class RayTransform(torch.nn.Module):
         Not differentiable.
         """
         y = self._check(y, "sinogram")
-        names = {f.lower(): f for f in FBP_FILTERS}
-        if not isinstance(filter_type, str) or filter_type.lower() not in names:
-            raise InvalidValueError(f"unknown FBP filter {filter_type!r}; expected one of "
-                                    f"{FBP_FILTERS}")
-        fs = float(frequency_scaling)
-        if not (0.0 < fs <= 1.0):
-            raise InvalidValueError(f"frequency_scaling must be in (0, 1], got {frequency_scaling}")
-        key = (names[filter_type.lower()], fs, bool(padding))
+        key = check_fbp_filter(filter_type, frequency_scaling) + (bool(padding),)
         op = self._fbp_operator(key)
         alen = float(self._odl_geometry.motion_params.length)
         full = math.pi if self.geometry.kind == "parallel" else 2 * math.pi
